@@ -24,7 +24,9 @@
 
 namespace speedattn {
 
-enum class DType : int { float16 = 0, bfloat16 = 1, float32 = 2, boolean = 3, uint8 = 4, int64 = 5 };
+// float64 is accepted by the reference backend only (exact gradient checks); Backend::automatic
+// runs the reference for it and kernel_name() says so.
+enum class DType : int { float16 = 0, bfloat16 = 1, float32 = 2, boolean = 3, uint8 = 4, int64 = 5, float64 = 6 };
 
 std::size_t dtype_size(DType t);
 const char* dtype_name(DType t);
@@ -65,6 +67,12 @@ enum class Backend : int {
   reference = 1,  // plain loops, float64 accumulation: the oracle, for debugging
 };
 
+// Dropout random state used by one call (SPEC §7).
+struct RngState {
+  int64_t seed = 0;
+  int64_t offset = 0;
+};
+
 constexpr int64_t kMaxTokens = 2147483647;
 
 // Every keyword of the seed signature (speed_fusion_attention), with its defaults.
@@ -89,6 +97,9 @@ struct Options {
   std::optional<std::vector<int64_t>> q_start_idx;   // length 1
   std::optional<std::vector<int64_t>> kv_start_idx;  // length 1
   Backend backend = Backend::automatic;
+  // Dropout state to use instead of drawing from the process generator (keep_prob < 1);
+  // makes a call a pure function of its inputs (the torch custom op passes it).
+  std::optional<RngState> rng;
 };
 
 // Shape and dtype of an output the caller allocates (row-major contiguous).
@@ -96,12 +107,6 @@ struct OutputSpec {
   DType dtype = DType::float32;
   std::vector<int64_t> shape;
   int64_t numel() const;
-};
-
-// Dropout random state used by one call (SPEC §7).
-struct RngState {
-  int64_t seed = 0;
-  int64_t offset = 0;
 };
 
 struct Problem;  // internal: the validated, layout-free description of a call
@@ -190,6 +195,8 @@ BackwardResult backward(const TensorView& query, const TensorView& key, const Te
 // Process-wide dropout generator: seed s, offset 0.
 void manual_seed(int64_t seed);
 RngState rng_state();
+// Takes the current state and advances its offset by ceil(numels / 4), atomically.
+RngState reserve_rng(int64_t numels);
 
 // Worker threads used by the CPU kernels (default: physical cores). n >= 1.
 void set_num_threads(int n);

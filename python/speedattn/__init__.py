@@ -31,3 +31,5 @@ __all__ = [
     "forward_kernel_for",
     "backward_kernel_for",
 ]
+
+from .utils import softmax_lse, cu_seqlens_to_actual_seq, actual_seq_to_cu_seqlens  # noqa: E402

@@ -31,13 +31,14 @@ _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
 _MAX_TOKENS = 2147483647
 
-_FLOAT_DTYPES = ("float16", "bfloat16", "float32")
+_FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")  # float64: reference backend only
 _MASK_DTYPES = ("bool", "uint8")
 
 _NP_TO_NAME = {
     np.dtype(np.float16): "float16",
     np.dtype(ml_dtypes.bfloat16): "bfloat16",
     np.dtype(np.float32): "float32",
+    np.dtype(np.float64): "float64",
     np.dtype(np.bool_): "bool",
     np.dtype(np.uint8): "uint8",
     np.dtype(np.int64): "int64",
@@ -61,6 +62,7 @@ def _torch_dtype_maps():
             torch.float16: "float16",
             torch.bfloat16: "bfloat16",
             torch.float32: "float32",
+            torch.float64: "float64",
             torch.bool: "bool",
             torch.uint8: "uint8",
             torch.int64: "int64",
@@ -294,14 +296,20 @@ def speed_fusion_attention(query, key, value, head_num, input_layout, *, pse=Non
                            atten_mask=None, scale=1.0, keep_prob=1.0, pre_tokens=_MAX_TOKENS,
                            next_tokens=_MAX_TOKENS, inner_precise=0, prefix=None, actual_seq_qlen=None,
                            actual_seq_kvlen=None, sparse_mode=0, gen_mask_parallel=True, sync=False, pse_type=1,
-                           q_start_idx=None, kv_start_idx=None, backend="auto"):
+                           q_start_idx=None, kv_start_idx=None, backend="auto", rng=None):
     """Fused attention forward (MindSpore speed_fusion_attention semantics, see SPEC).
 
     Returns ``(attention_out, softmax_max, softmax_sum, softmax_out, seed, offset, numels)``.
+    ``backend``: "auto" (fastest kernel) or "reference". ``rng``: an optional ``(seed, offset)``
+    used for dropout instead of drawing from the process generator (which is then not advanced).
     """
     opts, keep = _options(head_num, input_layout, pse, padding_mask, atten_mask, scale, keep_prob, pre_tokens,
                           next_tokens, inner_precise, prefix, actual_seq_qlen, actual_seq_kvlen, sparse_mode,
                           gen_mask_parallel, sync, pse_type, q_start_idx, kv_start_idx, backend)
+    if rng is not None:
+        if not isinstance(rng, (tuple, list)) or len(rng) != 2:
+            raise TypeError(f"rng must be None or a (seed, offset) pair of int, got {_describe(rng)}")
+        opts["rng"] = (_check_scalar_int("rng[0] (seed)", rng[0]), _check_scalar_int("rng[1] (offset)", rng[1]))
     q = _tensor_arg(query, "query", _FLOAT_DTYPES)
     k = _tensor_arg(key, "key", _FLOAT_DTYPES)
     v = _tensor_arg(value, "value", _FLOAT_DTYPES)
@@ -336,8 +344,8 @@ def speed_fusion_attention_grad(query, key, value, dy, head_num, input_layout, *
     k = _tensor_arg(key, "key", _FLOAT_DTYPES)
     v = _tensor_arg(value, "value", _FLOAT_DTYPES)
     g = _tensor_arg(dy, "dy", _FLOAT_DTYPES)
-    smax = _tensor_arg(softmax_max, "softmax_max", ("float32",))
-    ssum = _tensor_arg(softmax_sum, "softmax_sum", ("float32",))
+    smax = _tensor_arg(softmax_max, "softmax_max", _FLOAT_DTYPES)  # the core checks float32
+    ssum = _tensor_arg(softmax_sum, "softmax_sum", _FLOAT_DTYPES)
     out_in = _tensor_arg(attention_in, "attention_in", _FLOAT_DTYPES)
     if softmax_in is not None and not (isinstance(softmax_in, np.ndarray) or _is_torch_tensor(softmax_in)):
         raise TypeError(f"softmax_in must be a numpy.ndarray, a torch.Tensor or None, got {_describe(softmax_in)}")

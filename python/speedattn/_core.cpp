@@ -29,7 +29,7 @@ namespace {
 
 using speedattn::DType;
 
-const char* const kDTypeNames = "float16, bfloat16, float32, bool, uint8, int64";
+const char* const kDTypeNames = "float16, bfloat16, float32, float64, bool, uint8, int64";
 
 DType parse_dtype(const std::string& name, const std::string& what) {
   if (name == "float16") return DType::float16;
@@ -38,10 +38,11 @@ DType parse_dtype(const std::string& name, const std::string& what) {
   if (name == "bool") return DType::boolean;
   if (name == "uint8") return DType::uint8;
   if (name == "int64") return DType::int64;
+  if (name == "float64") return DType::float64;
   throw speedattn::TypeError(what + ": unsupported dtype '" + name + "'; allowed: " + kDTypeNames);
 }
 
-std::string repr(nb::handle h) {
+std::string describe(nb::handle h) {
   try {
     return nb::cast<std::string>(nb::repr(h));
   } catch (...) {
@@ -52,7 +53,7 @@ std::string repr(nb::handle h) {
 // (data_ptr, dtype, shape, strides) -> TensorView.
 speedattn::TensorView to_view(nb::handle obj, const std::string& what) {
   if (!nb::isinstance<nb::tuple>(obj) || nb::len(obj) != 4)
-    throw speedattn::TypeError(what + ": expected a tuple (data_ptr, dtype, shape, strides), got " + repr(obj));
+    throw speedattn::TypeError(what + ": expected a tuple (data_ptr, dtype, shape, strides), got " + describe(obj));
   nb::tuple t = nb::borrow<nb::tuple>(obj);
   speedattn::TensorView v;
   std::vector<int64_t> shape, strides;
@@ -65,7 +66,7 @@ speedattn::TensorView to_view(nb::handle obj, const std::string& what) {
     strides = nb::cast<std::vector<int64_t>>(t[3]);
   } catch (const nb::cast_error&) {
     throw speedattn::TypeError(what + ": expected a tuple (data_ptr: int, dtype: str, shape: list[int], "
-                               "strides: list[int]), got " + repr(obj));
+                               "strides: list[int]), got " + describe(obj));
   }
   if (shape.size() != strides.size())
     throw speedattn::ValueError(what + ": shape and strides differ in length");
@@ -92,7 +93,7 @@ T cast_opt(nb::handle value, const std::string& key, const char* expected) {
   try {
     return nb::cast<T>(value);
   } catch (const nb::cast_error&) {
-    throw speedattn::TypeError("option " + key + ": expected " + expected + ", got " + repr(value));
+    throw speedattn::TypeError("option " + key + ": expected " + expected + ", got " + describe(value));
   }
 }
 
@@ -131,7 +132,12 @@ speedattn::Options to_options(const nb::dict& d) {
     else if (key == "pse_type") o.pse_type = cast_opt<int64_t>(value, key, "int");
     else if (key == "q_start_idx") o.q_start_idx = to_opt_seq(value, key);
     else if (key == "kv_start_idx") o.kv_start_idx = to_opt_seq(value, key);
-    else if (key == "backend") o.backend = parse_backend(cast_opt<std::string>(value, key, "str"));
+    else if (key == "rng") {
+      if (!value.is_none()) {
+        const auto st = cast_opt<std::pair<int64_t, int64_t>>(value, key, "a (seed, offset) pair of int or None");
+        o.rng = speedattn::RngState{st.first, st.second};
+      }
+    } else if (key == "backend") o.backend = parse_backend(cast_opt<std::string>(value, key, "str"));
     else throw speedattn::ValueError("unknown option '" + key + "'");
   }
   return o;
@@ -239,6 +245,13 @@ NB_MODULE(_core, m) {
     const speedattn::RngState s = speedattn::rng_state();
     return std::make_pair(s.seed, s.offset);
   });
+  m.def(
+      "reserve_rng",
+      [](int64_t numels) {
+        const speedattn::RngState s = speedattn::reserve_rng(numels);
+        return std::make_pair(s.seed, s.offset);
+      },
+      "numels"_a, "Take the generator's (seed, offset) and advance the offset by ceil(numels / 4).");
   m.def("set_num_threads", &speedattn::set_num_threads, "n"_a);
   m.def("get_num_threads", &speedattn::get_num_threads);
   m.def("version", &speedattn::version);

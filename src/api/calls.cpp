@@ -3,7 +3,6 @@
 #include <cstring>
 
 #include "api/dispatch.h"
-#include "api/rng.h"
 #include "api/validate.h"
 
 namespace speedattn {
@@ -40,7 +39,7 @@ RngState Forward::run(void* attention_out, float* softmax_max, float* softmax_su
   p.out.data = attention_out;
   p.smax_out = softmax_max;
   p.ssum_out = softmax_sum;
-  p.rng = p.dropout ? rng_draw(p.numels) : rng_state();
+  p.rng = p.dropout ? (p.given_rng ? *p.given_rng : reserve_rng(p.numels)) : rng_state();
   if (p.layout == Layout::TND) {
     const int64_t used = tnd_used_rows(p);
     zero_tail_rows(attention_out, p.T1, used, p.N1 * p.D, dtype_size(p.dtype));

@@ -2,7 +2,7 @@
 // each call with keep_prob < 1 takes the current state and advances offset by ceil(numels/4).
 #include <mutex>
 
-#include "api/rng.h"
+#include "speedattn/speedattn.h"
 
 namespace speedattn {
 namespace {
@@ -20,7 +20,7 @@ RngState rng_state() {
   return g_state;
 }
 
-RngState rng_draw(int64_t numels) {
+RngState reserve_rng(int64_t numels) {
   std::lock_guard<std::mutex> lock(g_mutex);
   const RngState used = g_state;
   g_state.offset += (numels + 3) / 4;

@@ -7,7 +7,5 @@
 
 namespace speedattn {
 
-// Returns the current state and advances its offset by ceil(numels / 4), atomically.
-RngState rng_draw(int64_t numels);
 
 }  // namespace speedattn

@@ -12,7 +12,8 @@ std::size_t dtype_size(DType t) {
     case DType::float32: return 4;
     case DType::boolean:
     case DType::uint8: return 1;
-    case DType::int64: return 8;
+    case DType::int64:
+    case DType::float64: return 8;
   }
   return 0;
 }
@@ -25,6 +26,7 @@ const char* dtype_name(DType t) {
     case DType::boolean: return "bool";
     case DType::uint8: return "uint8";
     case DType::int64: return "int64";
+    case DType::float64: return "float64";
   }
   return "unknown";
 }

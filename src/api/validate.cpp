@@ -38,7 +38,9 @@ std::string list_str(const std::vector<int64_t>& v) {
   return s.str();
 }
 
-bool is_float_dtype(DType t) { return t == DType::float16 || t == DType::bfloat16 || t == DType::float32; }
+bool is_float_dtype(DType t) {
+  return t == DType::float16 || t == DType::bfloat16 || t == DType::float32 || t == DType::float64;
+}
 
 // a * b, or a ValueError naming `what` when the product overflows int64.
 int64_t checked_mul(int64_t a, int64_t b, const char* what) {
@@ -155,6 +157,15 @@ void check_template(const TensorView& m, int64_t mode) {
     value_error("atten_mask: sparse_mode=" + std::to_string(mode) + " requires the " + what + "; got shape " +
                 shape_str(m));
   const uint8_t* base = static_cast<const uint8_t*>(m.data);
+  // Fast path: a row-major 0/1 template equals the cached exact copy (one memcmp).
+  static const std::vector<uint8_t> exact = [] {
+    std::vector<uint8_t> t(size_t(3072 * kTemplate));
+    for (int64_t i = 0; i < 3072; ++i)
+      for (int64_t j = 0; j < kTemplate; ++j) t[size_t(i * kTemplate + j)] = i < kTemplate ? j > i : j >= 1024;
+    return t;
+  }();
+  if (m.stride[1] == 1 && m.stride[0] == kTemplate && std::memcmp(base, exact.data(), size_t(rows * kTemplate)) == 0)
+    return;
   for (int64_t i = 0; i < rows; ++i)
     for (int64_t j = 0; j < kTemplate; ++j) {
       const bool want = i < kTemplate ? j > i : j >= 1024;
@@ -195,7 +206,7 @@ struct Builder {
     check_view(k, "key");
     check_view(v, "value");
     if (!is_float_dtype(q.dtype))
-      type_error(std::string("query: dtype ") + dtype_name(q.dtype) + " is not supported; expected float16, bfloat16 or float32");
+      type_error(std::string("query: dtype ") + dtype_name(q.dtype) + " is not supported; expected float16, bfloat16 or float32 (float64: reference backend)");
     if (k.dtype != q.dtype)
       type_error(std::string("key: dtype ") + dtype_name(k.dtype) + " differs from query's " + dtype_name(q.dtype));
     if (v.dtype != q.dtype)
@@ -261,6 +272,9 @@ struct Builder {
     p.keep_threshold = p.dropout ? keep_threshold(o.keep_prob) : 0xffffffffu;
     p.sparse_mode = o.sparse_mode;
     p.backend = o.backend;
+    p.given_rng = o.rng;
+    if (o.rng && o.rng->offset < 0)
+      value_error("rng: offset " + std::to_string(o.rng->offset) + " is negative; expected >= 0");
   }
 
   // Sequences: lengths, row offsets, dropout bases, statistics addressing.

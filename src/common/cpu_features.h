@@ -23,7 +23,11 @@ struct CpuFeatures {
   bool amx_usable = false;
 
   bool avx2_tier() const { return avx2 && fma && f16c; }
-  bool avx512_tier() const { return avx2_tier() && avx512f && avx512bw && avx512vl && avx512dq; }
+  // The avx512 tier matches the flags CMake gives *_avx512.cpp files (SPEEDATTN_AVX512_FLAGS:
+  // F, BW, VL, DQ, BF16, FP16), so the compiler may use any of them there.
+  bool avx512_tier() const {
+    return avx2_tier() && avx512f && avx512bw && avx512vl && avx512dq && avx512_bf16 && avx512_fp16;
+  }
   bool amx_tier() const { return avx512_tier() && amx_tile && amx_bf16 && amx_usable; }
 
   std::vector<std::string> names() const;  // e.g. {"avx2", "fma", "f16c", "avx512f", ..., "amx_bf16"}

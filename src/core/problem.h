@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <vector>
 
 #include "speedattn/speedattn.h"
@@ -84,6 +85,7 @@ struct Problem {
   uint32_t keep_threshold = 0;     // keep iff philox word < threshold (keep_prob < 1)
   bool dropout = false;
   RngState rng;                    // backward: the saved state; forward: set per run
+  std::optional<RngState> given_rng;  // forward: Options::rng
 
   int64_t sparse_mode = 0;
   MaskDesc mask;                   // explicit mask read (modes 0, 1, 5), else data == nullptr

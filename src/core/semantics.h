@@ -16,22 +16,29 @@ namespace speedattn {
 constexpr float kMaskedLogit = -3.4028234663852886e38f;  // -FLT_MAX: the logit of a masked position
 constexpr float kInvalidSum = 3.4028234663852886e38f;    // +FLT_MAX: softmax_sum of an invalid line
 
-// Read element `idx` of a float16 / bfloat16 / float32 buffer as float.
-inline float load_as_float(const void* base, DType dt, int64_t idx) {
+// Read element `idx` of a float16 / bfloat16 / float32 / float64 buffer, exactly.
+inline double load_as_double(const void* base, DType dt, int64_t idx) {
   switch (dt) {
     case DType::float16: return to_float(static_cast<const fp16*>(base)[idx]);
     case DType::bfloat16: return to_float(static_cast<const bf16*>(base)[idx]);
+    case DType::float64: return static_cast<const double*>(base)[idx];
     default: return static_cast<const float*>(base)[idx];
   }
 }
-// Round `x` once to dt and store element `idx`.
-inline void store_from_float(void* base, DType dt, int64_t idx, float x) {
+// Read element `idx` as float (float64 buffers are rounded: kernels never see float64).
+inline float load_as_float(const void* base, DType dt, int64_t idx) { return float(load_as_double(base, dt, idx)); }
+
+// Round `x` once to dt and store element `idx` (float16/bfloat16 go through float32 first:
+// a double -> float -> half double rounding; x is a float32-accumulated value for kernels).
+inline void store_from_double(void* base, DType dt, int64_t idx, double x) {
   switch (dt) {
-    case DType::float16: static_cast<fp16*>(base)[idx] = to_fp16(x); break;
-    case DType::bfloat16: static_cast<bf16*>(base)[idx] = to_bf16(x); break;
-    default: static_cast<float*>(base)[idx] = x; break;
+    case DType::float16: static_cast<fp16*>(base)[idx] = to_fp16(float(x)); break;
+    case DType::bfloat16: static_cast<bf16*>(base)[idx] = to_bf16(float(x)); break;
+    case DType::float64: static_cast<double*>(base)[idx] = x; break;
+    default: static_cast<float*>(base)[idx] = float(x); break;
   }
 }
+inline void store_from_float(void* base, DType dt, int64_t idx, float x) { store_from_double(base, dt, idx, x); }
 
 // Element offset of (b, n, i, 0) of an operand.
 inline int64_t operand_offset(const Problem& p, const Operand& o, bool kv_side, int64_t b, int64_t n, int64_t i) {
@@ -111,7 +118,7 @@ inline double logit(const Problem& p, int64_t b, int64_t n, int64_t i, int64_t j
   switch (p.pse.kind) {
     case PseKind::none: return p.scale * qk;
     case PseKind::tensor: {
-      const double bias = load_as_float(p.pse.data, p.pse.dtype, pse_tensor_index(p, b, n, i, j));
+      const double bias = load_as_double(p.pse.data, p.pse.dtype, pse_tensor_index(p, b, n, i, j));
       return p.pse.pse_type == 1 ? p.scale * (qk + bias) : p.scale * qk + bias;
     }
     case PseKind::slopes: return p.scale * qk - alibi_slope(p, b, n) * alibi_distance(p, i, j);

@@ -91,7 +91,7 @@ void reference_backward(const Problem& p) {
       for (int64_t n = g * p.G; n < (g + 1) * p.G; ++n) {
         for (int64_t i = 0; i < sq; ++i) {
           const int64_t qoff = operand_offset(p, p.q, false, b, n, i);
-          for (int64_t d = 0; d < D; ++d) qrow[size_t(d)] = load_as_float(p.q.data, p.dtype, qoff + d);
+          for (int64_t d = 0; d < D; ++d) qrow[size_t(d)] = load_as_double(p.q.data, p.dtype, qoff + d);
           const bool any = row_logits(p, b, n, i, qrow.data(), kmat, x, kept);
           if (!any && p.invalid_line) continue;  // dq row stays 0
 
@@ -101,8 +101,8 @@ void reference_backward(const Problem& p) {
           const int64_t ooff = operand_offset(p, p.out, false, b, n, i);
           double dsum = 0.0;
           for (int64_t d = 0; d < D; ++d) {
-            dyrow[size_t(d)] = load_as_float(p.dy.data, p.dtype, dyoff + d);
-            dsum += dyrow[size_t(d)] * double(load_as_float(p.out.data, p.dtype, ooff + d));
+            dyrow[size_t(d)] = load_as_double(p.dy.data, p.dtype, dyoff + d);
+            dsum += dyrow[size_t(d)] * load_as_double(p.out.data, p.dtype, ooff + d);
           }
           std::fill(dq_acc.begin(), dq_acc.end(), 0.0);
 

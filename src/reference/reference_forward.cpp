@@ -40,7 +40,7 @@ void reference_forward(const Problem& p) {
       for (int64_t n = g * p.G; n < (g + 1) * p.G; ++n) {
         for (int64_t i = 0; i < sq; ++i) {
           const int64_t qoff = operand_offset(p, p.q, false, b, n, i);
-          for (int64_t d = 0; d < D; ++d) qrow[size_t(d)] = load_as_float(p.q.data, p.dtype, qoff + d);
+          for (int64_t d = 0; d < D; ++d) qrow[size_t(d)] = load_as_double(p.q.data, p.dtype, qoff + d);
           const bool any = row_logits(p, b, n, i, qrow.data(), kmat, x, kept);
 
           const int64_t srow = stat_row(p, b, n, i) * 8;

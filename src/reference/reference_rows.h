@@ -21,7 +21,8 @@ inline size_t element_size(DType dt) {
     case DType::float32: return 4;
     case DType::boolean:
     case DType::uint8: return 1;
-    case DType::int64: return 8;
+    case DType::int64:
+    case DType::float64: return 8;
   }
   return 0;
 }
@@ -44,23 +45,23 @@ inline float round_to_odd_float(double x) {
   return f;
 }
 
-// Store x (float64) rounded once to dt.
+// Store x (float64) rounded once to dt (float64: stored exactly).
 inline void store_rounded(void* base, DType dt, int64_t idx, double x) {
-  if (dt == DType::float32) {
-    static_cast<float*>(base)[idx] = static_cast<float>(x);
+  if (dt == DType::float32 || dt == DType::float64) {
+    store_from_double(base, dt, idx, x);
   } else {
     store_from_float(base, dt, idx, round_to_odd_float(x));
   }
 }
 
-// Loads `count` consecutive elements of operand `o` at (b, n, i, 0..D) for rows i in
+// Loads (exactly, float64 inputs included) `count` consecutive elements of operand `o` at (b, n, i, 0..D) for rows i in
 // [0, count) into dst (row-major, count x D doubles).
 inline void load_rows(const Problem& p, const Operand& o, bool kv_side, int64_t b, int64_t n, int64_t count,
                       std::vector<double>& dst) {
   dst.assign(size_t(count * p.D), 0.0);
   for (int64_t r = 0; r < count; ++r) {
     const int64_t off = operand_offset(p, o, kv_side, b, n, r);
-    for (int64_t d = 0; d < p.D; ++d) dst[size_t(r * p.D + d)] = load_as_float(o.data, p.dtype, off + d);
+    for (int64_t d = 0; d < p.D; ++d) dst[size_t(r * p.D + d)] = load_as_double(o.data, p.dtype, off + d);
   }
 }
 

@@ -127,7 +127,7 @@ TEST(SparsePlan, RowKeysMatchSpecFormulas) {
   for (auto [S1, S2] : sizes)
     for (int mode = 0; mode <= 6; ++mode)
       for (auto [pre, next] : bands) {
-        std::vector<float> q(size_t(S1)), k(size_t(S2));
+        std::vector<float> q(static_cast<size_t>(S1)), k(static_cast<size_t>(S2));
         TensorView tq = TensorView::contiguous(q.data(), DType::float32, {1, 1, S1, 1});
         TensorView tk = TensorView::contiguous(k.data(), DType::float32, {1, 1, S2, 1});
         std::vector<uint8_t> full(size_t(S1 * S2), 0);
@@ -218,22 +218,22 @@ TEST(Errors, TypedErrors) {
   Options o;
   o.head_num = 2;
   o.input_layout = "BSH";
-  EXPECT_NO_THROW(Forward(tq, tk, tk, o));
+  EXPECT_NO_THROW((Forward{tq, tk, tk, o}));
   TensorView kh = tk;
   kh.dtype = DType::float16;
-  EXPECT_THROW(Forward(tq, kh, kh, o), TypeError);
+  EXPECT_THROW((Forward{tq, kh, kh, o}), TypeError);
   Options bad = o;
   bad.input_layout = "XYZ";
-  EXPECT_THROW(Forward(tq, tk, tk, bad), ValueError);
+  EXPECT_THROW((Forward{tq, tk, tk, bad}), ValueError);
   bad = o;
   bad.keep_prob = 0.0;
-  EXPECT_THROW(Forward(tq, tk, tk, bad), ValueError);
+  EXPECT_THROW((Forward{tq, tk, tk, bad}), ValueError);
   bad = o;
   bad.head_num = 3;
-  EXPECT_THROW(Forward(tq, tk, tk, bad), ValueError);
+  EXPECT_THROW((Forward{tq, tk, tk, bad}), ValueError);
   bad = o;
   bad.sparse_mode = 9;
-  EXPECT_THROW(Forward(tq, tk, tk, bad), ValueError);
+  EXPECT_THROW((Forward{tq, tk, tk, bad}), ValueError);
   try {
     bad = o;
     bad.pse_type = 2;
@@ -251,5 +251,5 @@ TEST(Errors, OverflowingShapeIsValueError) {
   Options o;
   o.head_num = 1;
   o.input_layout = "BNSD";
-  EXPECT_THROW(Forward(q, q, q, o), ValueError);
+  EXPECT_THROW((Forward{q, q, q, o}), ValueError);
 }

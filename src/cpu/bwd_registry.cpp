@@ -1,0 +1,25 @@
+// The backward kernels, best first within each dtype (read by backward_kernels()).
+#include "cpu/bwd_kernels.h"
+
+namespace speedattn {
+namespace cpu {
+
+std::vector<BackwardKernel> bwd_kernel_list() {
+  return {
+      // float32: FMA micro-kernels / portable loops.
+      {"bwd_avx512_fp32", Isa::avx512, DType::float32, &bwd_avx512},
+      {"bwd_avx2_fp32", Isa::avx2, DType::float32, &bwd_avx2},
+      {"bwd_scalar_fp32", Isa::scalar, DType::float32, &bwd_scalar},
+      // bfloat16: fp32 compute (converted on load).
+      {"bwd_avx512_bf16", Isa::avx512, DType::bfloat16, &bwd_avx512},
+      {"bwd_avx2_bf16", Isa::avx2, DType::bfloat16, &bwd_avx2},
+      {"bwd_scalar_bf16", Isa::scalar, DType::bfloat16, &bwd_scalar},
+      // float16: fp32 compute (converted on load; never fp16 accumulation).
+      {"bwd_avx512_fp16", Isa::avx512, DType::float16, &bwd_avx512},
+      {"bwd_avx2_fp16", Isa::avx2, DType::float16, &bwd_avx2},
+      {"bwd_scalar_fp16", Isa::scalar, DType::float16, &bwd_scalar},
+  };
+}
+
+}  // namespace cpu
+}  // namespace speedattn

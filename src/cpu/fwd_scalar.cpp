@@ -1,0 +1,16 @@
+// The portable forward kernel: fwd_driver.h + the plain-C++ fp32 engine, baseline flags.
+// Builds on any architecture (no intrinsics). Tile sizes: kBq 64 rows x kBk 128 keys keep
+// S (32 KiB) + Kt/V (D=128: 64 KiB each) in L2; the scalar path is a correctness fallback,
+// not tuned.
+#define SA_NS fwd_scalar_ns
+#include "cpu/fwd_driver.h"
+
+namespace speedattn {
+namespace SA_NS {
+#include "cpu/fwd_engine_portable.h"
+}  // namespace SA_NS
+
+namespace cpu {
+void fwd_scalar(const Problem& p) { SA_NS::forward<SA_NS::EnginePortable<64, 128>>(p); }
+}  // namespace cpu
+}  // namespace speedattn

@@ -1,0 +1,635 @@
+// Every registered forward kernel the CPU supports, against reference_forward, on a grid of
+// dtypes, layouts, sparse modes, pse types, TND (with empty sequences), dropout, GQA, tail
+// shapes around the tile sizes, fully masked rows (both behaviours); plus bit-identity for
+// thread counts 1, 2, 3, 7.
+//
+// Accuracy criterion (SPEC §11): the float64 reference's error after rounding to the dtype
+// is <= u|r| (u = half-ulp); a kernel may be off by twice that from the exact value, so
+// |kernel - rounded_ref| <= 3u * max(|r|, mean|r|). fp32 uses u = 2^-21 sqrt(D) (fp32
+// accumulation: u = 2^-21 sqrt(D)).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "api/dispatch.h"
+#include "api/validate.h"
+#include "common/half.h"
+#include "core/problem.h"
+#include "speedattn/speedattn.h"
+
+namespace sa = speedattn;
+using sa::DType;
+
+namespace {
+
+struct Case {
+  std::string layout = "BNSD";
+  DType dt = DType::float32;
+  int64_t B = 1, N1 = 2, N2 = 2, S1 = 8, S2 = 8, D = 16;
+  int64_t mode = 0;
+  int64_t pre = sa::kMaxTokens, next = sa::kMaxTokens;
+  int mask = 0;        // 0 none, 1 full (B,N1,S1,S2) random, 2 (S1,S2) random, 3 template, 4 (B,1,S1,S2)
+  double mask_p = 0.3; // probability of a masked element (mask 1/2/4)
+  int mask_rows = 0;   // number of fully masked rows forced into mask 1/2/4
+  int pse = 0;         // 0 none, 1 full tensor, 2 row-broadcast (1,N1,1,S2), 3 slopes (N1,), 4 compressed
+  int64_t pse_type = 1;
+  double keep = 1.0;
+  int64_t inner_precise = 0;
+  double scale = -1;   // -1: 1/sqrt(D)
+  std::vector<int64_t> seq_q, seq_kv;  // TND lengths (not cumulative)
+  std::vector<int64_t> prefix;
+  int64_t q_start = 0, kv_start = 0;
+  std::string name() const {
+    char buf[256];
+    std::snprintf(buf, sizeof buf, "%s dt%d B%ld N%ld/%ld S%ld/%ld D%ld mode%ld mask%d pse%d(t%ld) keep%.2f ip%ld",
+                  layout.c_str(), int(dt), long(B), long(N1), long(N2), long(S1), long(S2), long(D), long(mode), mask,
+                  pse, long(pse_type), keep, long(inner_precise));
+    return buf;
+  }
+};
+
+size_t esize(DType dt) { return dt == DType::float32 ? 4 : 2; }
+
+void put(std::vector<uint8_t>& buf, DType dt, int64_t idx, float x) {
+  if (dt == DType::float32) std::memcpy(buf.data() + idx * 4, &x, 4);
+  else if (dt == DType::bfloat16) {
+    const uint16_t h = sa::to_bf16(x).bits;
+    std::memcpy(buf.data() + idx * 2, &h, 2);
+  } else {
+    const uint16_t h = sa::to_fp16(x).bits;
+    std::memcpy(buf.data() + idx * 2, &h, 2);
+  }
+}
+float get(const void* base, DType dt, int64_t idx) {
+  if (dt == DType::float32) return static_cast<const float*>(base)[idx];
+  uint16_t h;
+  std::memcpy(&h, static_cast<const uint8_t*>(base) + idx * 2, 2);
+  return dt == DType::bfloat16 ? sa::to_float(sa::bf16{h}) : sa::to_float(sa::fp16{h});
+}
+
+struct Inputs {
+  std::vector<uint8_t> q, k, v, pse, mask;
+  std::vector<float> slopes;
+  sa::TensorView tq, tk, tv;
+  sa::Options opt;
+};
+
+// Fills a (B, N, S, D) logical tensor into the memory order of `layout`.
+sa::TensorView make_operand(const Case& c, int64_t N, bool kv, std::vector<uint8_t>& buf, std::mt19937& rng) {
+  std::normal_distribution<float> nd(0.f, 1.f);
+  const int64_t S = kv ? c.S2 : c.S1, D = c.D, B = c.B;
+  if (c.layout == "TND") {
+    const auto& lens = kv ? c.seq_kv : c.seq_q;
+    int64_t T = 0;
+    for (int64_t x : lens) T += x;
+    T += 1;  // one trailing token belonging to no sequence
+    buf.assign(size_t(T * N * D) * esize(c.dt), 0);
+    for (int64_t e = 0; e < T * N * D; ++e) put(buf, c.dt, e, nd(rng));
+    return sa::TensorView::contiguous(buf.data(), c.dt, {T, N, D});
+  }
+  buf.assign(size_t(B * N * S * D) * esize(c.dt), 0);
+  for (int64_t e = 0; e < B * N * S * D; ++e) put(buf, c.dt, e, nd(rng));
+  if (c.layout == "BNSD") return sa::TensorView::contiguous(buf.data(), c.dt, {B, N, S, D});
+  if (c.layout == "BSND") return sa::TensorView::contiguous(buf.data(), c.dt, {B, S, N, D});
+  if (c.layout == "BSH") return sa::TensorView::contiguous(buf.data(), c.dt, {B, S, N * D});
+  return sa::TensorView::contiguous(buf.data(), c.dt, {S, B, N * D});  // SBH
+}
+
+void build(const Case& c, Inputs& in, uint32_t seed) {
+  std::mt19937 rng(seed);
+  in.tq = make_operand(c, c.N1, false, in.q, rng);
+  in.tk = make_operand(c, c.N2, true, in.k, rng);
+  in.tv = make_operand(c, c.N2, true, in.v, rng);
+  sa::Options& o = in.opt;
+  o = sa::Options();
+  o.head_num = c.N1;
+  o.input_layout = c.layout;
+  o.scale = c.scale < 0 ? 1.0 / std::sqrt(double(c.D)) : c.scale;
+  o.keep_prob = c.keep;
+  o.pre_tokens = c.pre;
+  o.next_tokens = c.next;
+  o.sparse_mode = c.mode;
+  o.inner_precise = c.inner_precise;
+  o.pse_type = c.pse_type;
+  if (!c.prefix.empty()) o.prefix = c.prefix;
+  if (c.layout == "TND") {
+    std::vector<int64_t> cq, ckv;
+    int64_t a = 0, b = 0;
+    for (size_t i = 0; i < c.seq_q.size(); ++i) {
+      cq.push_back(a += c.seq_q[i]);
+      ckv.push_back(b += c.seq_kv[i]);
+    }
+    o.actual_seq_qlen = cq;
+    o.actual_seq_kvlen = ckv;
+  }
+  int64_t S1 = c.S1, S2 = c.S2;
+  if (c.layout == "TND") {
+    S1 = 0;
+    S2 = 0;
+    for (size_t i = 0; i < c.seq_q.size(); ++i) {
+      S1 = std::max(S1, c.seq_q[i]);
+      S2 = std::max(S2, c.seq_kv[i]);
+    }
+  }
+  std::uniform_real_distribution<float> ud(0.f, 1.f);
+  if (c.mask == 3) {
+    const int64_t rows = c.mode == 6 ? 3072 : 2048;
+    in.mask.assign(size_t(rows * 2048), 0);
+    for (int64_t i = 0; i < 2048; ++i)
+      for (int64_t j = i + 1; j < 2048; ++j) in.mask[size_t(i * 2048 + j)] = 1;
+    for (int64_t i = 2048; i < rows; ++i)
+      for (int64_t j = 1024; j < 2048; ++j) in.mask[size_t(i * 2048 + j)] = 1;
+    o.atten_mask = sa::TensorView::contiguous(in.mask.data(), DType::uint8, {rows, 2048});
+  } else if (c.mask) {
+    const int64_t mb = c.mask == 2 ? 1 : c.B, mn = c.mask == 1 ? c.N1 : 1;
+    in.mask.assign(size_t(mb * mn * S1 * S2), 0);
+    for (auto& x : in.mask) x = ud(rng) < c.mask_p ? 1 : 0;
+    for (int r = 0; r < c.mask_rows; ++r) {
+      const int64_t row = (r * 7) % (mb * mn * S1);
+      for (int64_t j = 0; j < S2; ++j) in.mask[size_t(row * S2 + j)] = 1;
+    }
+    if (c.mask == 2) o.atten_mask = sa::TensorView::contiguous(in.mask.data(), DType::uint8, {S1, S2});
+    else o.atten_mask = sa::TensorView::contiguous(in.mask.data(), DType::uint8, {mb, mn, S1, S2});
+  }
+  if (c.pse == 1 || c.pse == 2 || c.pse == 4) {
+    const int64_t rows = c.pse == 2 ? 1 : c.pse == 4 ? 1024 : S1;
+    const int64_t pb = c.pse == 1 ? c.B : 1;
+    in.pse.assign(size_t(pb * c.N1 * rows * S2) * esize(c.dt), 0);
+    std::normal_distribution<float> nd(0.f, 1.f);
+    for (int64_t e = 0; e < pb * c.N1 * rows * S2; ++e) put(in.pse, c.dt, e, nd(rng));
+    o.pse = sa::TensorView::contiguous(in.pse.data(), c.dt, {pb, c.N1, rows, S2});
+  } else if (c.pse == 3) {
+    in.slopes.resize(size_t(c.N1));
+    for (int64_t n = 0; n < c.N1; ++n) in.slopes[size_t(n)] = 0.05f * float(n + 1);
+    o.pse = sa::TensorView::contiguous(in.slopes.data(), DType::float32, {c.N1});
+    o.q_start_idx = std::vector<int64_t>{c.q_start};
+    o.kv_start_idx = std::vector<int64_t>{c.kv_start};
+  }
+}
+
+struct Outs {
+  std::vector<uint8_t> out;
+  std::vector<float> smax, ssum;
+};
+
+Outs run_with(const sa::Problem& base, const Outs& shape_like, void (*fn)(const sa::Problem&)) {
+  Outs o;
+  o.out.assign(shape_like.out.size(), 0xAB);  // poison: every element must be written
+  o.smax.assign(shape_like.smax.size(), 7.f);
+  o.ssum.assign(shape_like.ssum.size(), 7.f);
+  sa::Problem p = base;
+  p.out.data = o.out.data();
+  p.smax_out = o.smax.data();
+  p.ssum_out = o.ssum.data();
+  fn(p);
+  return o;
+}
+
+// fp32: no representable rounding to compare with; the kernel's own fp32 error grows with
+// the dot-product length, so u = 2^-21 sqrt(D) (2e-6 at D=16, 1.3e-5 at D=768).
+double unit_roundoff(DType dt, int64_t D) {
+  switch (dt) {
+    case DType::bfloat16: return std::ldexp(1.0, -8);
+    case DType::float16: return std::ldexp(1.0, -11);
+    default: return std::ldexp(1.0, -21) * std::sqrt(double(D));
+  }
+}
+
+// Compares a kernel's outputs with the reference's; returns the worst error ratio.
+void compare(const Case& c, const sa::Problem& p, const Outs& ref, const Outs& got, const char* kname) {
+  const int64_t n = int64_t(ref.out.size() / esize(c.dt));
+  double mean = 0;
+  for (int64_t e = 0; e < n; ++e) mean += std::fabs(get(ref.out.data(), c.dt, e));
+  mean = n ? mean / double(n) : 0;
+  const double u = unit_roundoff(c.dt, c.D);
+  double worst = 0;
+  int64_t worst_at = -1;
+  for (int64_t e = 0; e < n; ++e) {
+    const double r = get(ref.out.data(), c.dt, e), g = get(got.out.data(), c.dt, e);
+    const double tol = 3 * u * std::max(std::fabs(r), mean) + 1e-30;
+    const double ratio = std::isfinite(g) ? std::fabs(g - r) / tol : 1e30;
+    if (ratio > worst) worst = ratio, worst_at = e;
+  }
+  EXPECT_LE(worst, 1.0) << kname << " " << c.name() << ": out error " << worst << "x tolerance at " << worst_at
+                        << " ref " << get(ref.out.data(), c.dt, worst_at) << " got "
+                        << get(got.out.data(), c.dt, worst_at);
+  // statistics: max relative 2e-5 (fp32 qk rounding), sum 3e-4 (exp polynomial + qk)
+  int bad = 0;
+  for (size_t e = 0; e < ref.smax.size() && bad < 3; ++e) {
+    const double rm = ref.smax[e], gm = got.smax[e], rs = ref.ssum[e], gs = got.ssum[e];
+    const bool ok_m = std::fabs(gm - rm) <= 2e-5 * std::max(1.0, std::fabs(rm)) || gm == rm;
+    const bool ok_s = std::fabs(gs - rs) <= 3e-4 * std::fabs(rs) || gs == rs;
+    if (!ok_m || !ok_s) {
+      ++bad;
+      ADD_FAILURE() << kname << " " << c.name() << ": stats[" << e << "] max " << gm << " vs " << rm << ", sum " << gs
+                    << " vs " << rs;
+    }
+  }
+  (void)p;
+}
+
+void check(const Case& c, uint32_t seed = 1) {
+  SCOPED_TRACE(c.name());
+  Inputs in;
+  build(c, in, seed);
+  sa::Problem p = sa::validate_forward(in.tq, in.tk, in.tv, in.opt);
+  p.rng = sa::RngState{0x1234567890abLL, 77};
+  Outs shape;
+  shape.out.resize(size_t(p.out_spec.numel()) * esize(c.dt));
+  shape.smax.resize(size_t(p.stat_spec.numel()));
+  shape.ssum.resize(size_t(p.stat_spec.numel()));
+  const Outs ref = run_with(p, shape, &sa::reference_forward);
+  // TND rows outside every sequence are the caller's (calls.cpp zeroes them): mask them out.
+  Outs ref_m = ref;
+  int ran = 0;
+  for (const sa::ForwardKernel& k : sa::forward_kernels()) {
+    if (k.dtype != c.dt || int(k.isa) > int(sa::detected_isa())) continue;
+    Outs got = run_with(p, shape, k.run);
+    if (c.layout == "TND") {  // copy the untouched tail from the reference
+      const int64_t used_tokens = p.row0_q.back() + p.sq.back();
+      const size_t ob = size_t(used_tokens * c.N1 * c.D) * esize(c.dt), sb = size_t(used_tokens * c.N1 * 8);
+      std::memcpy(got.out.data() + ob, ref.out.data() + ob, ref.out.size() - ob);
+      std::copy(ref.smax.begin() + long(sb), ref.smax.end(), got.smax.begin() + long(sb));
+      std::copy(ref.ssum.begin() + long(sb), ref.ssum.end(), got.ssum.begin() + long(sb));
+    }
+    compare(c, p, ref_m, got, k.name);
+    ++ran;
+  }
+  EXPECT_GT(ran, 0);
+}
+
+const DType kDtypes[] = {DType::float32, DType::bfloat16, DType::float16};
+
+}  // namespace
+
+TEST(ForwardKernels, Registry) {
+  const auto& ks = sa::forward_kernels();
+  ASSERT_FALSE(ks.empty());
+  for (DType dt : kDtypes) {
+    bool any_scalar = false;
+    for (const auto& k : ks) any_scalar |= (k.dtype == dt && k.isa == sa::Isa::scalar);
+    EXPECT_TRUE(any_scalar) << "every dtype needs a portable kernel";
+    EXPECT_STRNE(sa::select_forward(dt).name, "reference");
+  }
+}
+
+TEST(ForwardKernels, Layouts) {
+  for (DType dt : kDtypes)
+    for (const char* lay : {"BSH", "SBH", "BSND", "BNSD"}) {
+      Case c;
+      c.layout = lay;
+      c.dt = dt;
+      c.B = 2;
+      c.N1 = 4;
+      c.N2 = 2;
+      c.S1 = 37;
+      c.S2 = 45;
+      c.D = 24;
+      check(c);
+    }
+}
+
+TEST(ForwardKernels, TailShapes) {
+  // tiles: q-blocks 64/128 rows, kv-blocks 128/256 keys, register tiles 12/6 rows, 16 lanes
+  const int64_t s1s[] = {1, 15, 17, 127, 129, 259};
+  const int64_t s2s[] = {1, 31, 33, 255, 257, 515};
+  int k = 0;
+  for (int64_t s1 : s1s)
+    for (int64_t s2 : s2s) {
+      Case c;
+      c.dt = kDtypes[k++ % 3];
+      c.N1 = 2;
+      c.N2 = 1;
+      c.S1 = s1;
+      c.S2 = s2;
+      c.D = (s1 * s2) % 3 == 0 ? 17 : 64;
+      check(c);
+    }
+}
+
+TEST(ForwardKernels, HeadDims) {
+  for (int64_t D : {1, 3, 16, 17, 64, 80, 128, 768})
+    for (DType dt : kDtypes) {
+      Case c;
+      c.dt = dt;
+      c.N1 = 2;
+      c.N2 = 1;
+      c.S1 = D == 768 ? 20 : 70;
+      c.S2 = D == 768 ? 40 : 150;
+      c.D = D;
+      check(c);
+    }
+}
+
+TEST(ForwardKernels, SparseModes) {
+  for (DType dt : kDtypes) {
+    for (int64_t mode : {2, 3}) {
+      for (auto [s1, s2] : {std::pair<int64_t, int64_t>{200, 200}, {100, 300}, {300, 130}}) {
+        Case c;
+        c.dt = dt;
+        c.mode = mode;
+        c.mask = 3;
+        c.S1 = s1;
+        c.S2 = s2;
+        c.D = 32;
+        check(c);
+      }
+    }
+    {  // mode 0: explicit mask with a band and fully masked rows
+      Case c;
+      c.dt = dt;
+      c.mode = 0;
+      c.mask = 1;
+      c.mask_rows = 3;
+      c.pre = 40;
+      c.next = 10;
+      c.S1 = 150;
+      c.S2 = 290;
+      c.D = 16;
+      check(c);
+    }
+    {  // mode 0: band only through a (S1,S2) mask of zeros
+      Case c;
+      c.dt = dt;
+      c.mode = 0;
+      c.mask = 2;
+      c.mask_p = 0;
+      c.pre = 100;
+      c.next = 0;
+      c.S1 = 260;
+      c.S2 = 260;
+      c.D = 32;
+      check(c);
+    }
+    {  // mode 1: (B,N1,S1,S2) mask, mostly masked (tile skipping) + masked rows
+      Case c;
+      c.dt = dt;
+      c.mode = 1;
+      c.mask = 1;
+      c.mask_p = 0.97;
+      c.mask_rows = 4;
+      c.S1 = 140;
+      c.S2 = 600;
+      c.D = 16;
+      check(c);
+    }
+    {  // mode 4: band
+      Case c;
+      c.dt = dt;
+      c.mode = 4;
+      c.mask = 3;
+      c.pre = 70;
+      c.next = 30;
+      c.S1 = 300;
+      c.S2 = 500;
+      c.D = 32;
+      check(c);
+    }
+    {  // mode 5: prefix
+      Case c;
+      c.dt = dt;
+      c.B = 2;
+      c.mode = 5;
+      c.mask = 4;
+      c.mask_p = 0.1;
+      c.S1 = 90;
+      c.S2 = 300;
+      c.prefix = {250, 260};
+      c.D = 32;
+      check(c);
+    }
+    {  // mode 6: prefix compressed
+      Case c;
+      c.dt = dt;
+      c.B = 2;
+      c.mode = 6;
+      c.mask = 3;
+      c.S1 = 130;
+      c.S2 = 300;
+      c.prefix = {200, 280};
+      c.D = 16;
+      check(c);
+    }
+  }
+}
+
+TEST(ForwardKernels, FullyMaskedRows) {
+  for (DType dt : kDtypes)
+    for (int64_t ip : {0, 2})
+      for (double keep : {1.0, 0.8}) {
+        Case c;
+        c.dt = dt;
+        c.mode = 1;
+        c.mask = 1;
+        c.mask_p = 0.5;
+        c.mask_rows = 6;
+        c.S1 = 40;
+        c.S2 = 300;
+        c.D = 24;
+        c.inner_precise = ip;
+        c.keep = keep;
+        check(c);
+      }
+  for (DType dt : kDtypes) {  // mode 3 with S1 > S2: automatic invalid lines
+    Case c;
+    c.dt = dt;
+    c.mode = 3;
+    c.mask = 3;
+    c.S1 = 200;
+    c.S2 = 70;
+    c.D = 16;
+    check(c);
+  }
+}
+
+TEST(ForwardKernels, Pse) {
+  for (DType dt : kDtypes) {
+    for (int pse : {1, 2})
+      for (int64_t pt : {0, 1}) {
+        Case c;
+        c.dt = dt;
+        c.B = 2;
+        c.pse = pse;
+        c.pse_type = pt;
+        c.S1 = 70;
+        c.S2 = 300;
+        c.D = 32;
+        c.mode = pse == 1 ? 2 : 0;
+        c.mask = pse == 1 ? 3 : 0;
+        check(c);
+      }
+    for (int64_t pt : {2, 3}) {
+      Case c;
+      c.dt = dt;
+      c.N1 = 4;
+      c.N2 = 2;
+      c.pse = 3;
+      c.pse_type = pt;
+      c.S1 = 90;
+      c.S2 = 270;
+      c.D = 32;
+      c.q_start = 5;
+      c.kv_start = -3;
+      check(c);
+    }
+  }
+  {  // compressed ALiBi (S1 == S2 > 1024, causal)
+    Case c;
+    c.dt = DType::bfloat16;
+    c.N1 = 1;
+    c.N2 = 1;
+    c.pse = 4;
+    c.pse_type = 1;
+    c.S1 = 1100;
+    c.S2 = 1100;
+    c.D = 8;
+    c.mode = 3;
+    c.mask = 3;
+    check(c);
+  }
+}
+
+TEST(ForwardKernels, Dropout) {
+  for (DType dt : kDtypes)
+    for (double keep : {0.9, 0.5}) {
+      Case c;
+      c.dt = dt;
+      c.N1 = 4;
+      c.N2 = 2;
+      c.S1 = 130;
+      c.S2 = 270;
+      c.D = 32;
+      c.keep = keep;
+      c.mode = 2;
+      c.mask = 3;
+      check(c);
+    }
+}
+
+TEST(ForwardKernels, TndAndGqa) {
+  for (DType dt : kDtypes)
+    for (int64_t mode : {0, 2, 3, 7, 8}) {
+      Case c;
+      c.dt = dt;
+      c.layout = "TND";
+      c.N1 = 6;
+      c.N2 = 2;
+      c.D = 16;
+      c.seq_q = {5, 0, 140, 1, 33};
+      c.seq_kv = {9, 0, 150, 20, 33};
+      c.mode = mode;
+      if (mode != 0) c.mask = 3;
+      if (mode == 7 || mode == 8) {
+        c.pre = 20;
+        c.next = 5;
+      }
+      c.keep = mode == 3 ? 0.7 : 1.0;
+      check(c);
+    }
+}
+
+TEST(ForwardKernels, DecodeSplitKv) {
+  for (DType dt : kDtypes)
+    for (int64_t s1 : {1, 4, 16}) {
+      Case c;
+      c.dt = dt;
+      c.N1 = 8;
+      c.N2 = 2;
+      c.S1 = s1;
+      c.S2 = 3000;
+      c.D = 64;
+      c.keep = s1 == 4 ? 0.9 : 1.0;
+      check(c);
+    }
+}
+
+// Bit-identical output for any thread count, every kernel.
+TEST(ForwardKernels, ThreadCountBitIdentity) {
+  std::vector<Case> cases;
+  {
+    Case c;
+    c.dt = DType::bfloat16;
+    c.B = 2;
+    c.N1 = 4;
+    c.N2 = 2;
+    c.S1 = 300;
+    c.S2 = 300;
+    c.D = 64;
+    c.mode = 2;
+    c.mask = 3;
+    c.keep = 0.9;
+    cases.push_back(c);
+  }
+  {
+    Case c;  // split-KV decode
+    c.dt = DType::float32;
+    c.N1 = 4;
+    c.N2 = 1;
+    c.S1 = 2;
+    c.S2 = 2500;
+    c.D = 64;
+    cases.push_back(c);
+  }
+  {
+    Case c = cases[1];
+    c.dt = DType::float16;
+    c.S1 = 200;
+    c.S2 = 700;
+    cases.push_back(c);
+  }
+  const int saved = sa::get_num_threads();
+  for (const Case& c : cases) {
+    Inputs in;
+    build(c, in, 5);
+    sa::Problem p = sa::validate_forward(in.tq, in.tk, in.tv, in.opt);
+    p.rng = sa::RngState{99, 5};
+    Outs shape;
+    shape.out.resize(size_t(p.out_spec.numel()) * esize(c.dt));
+    shape.smax.resize(size_t(p.stat_spec.numel()));
+    shape.ssum.resize(size_t(p.stat_spec.numel()));
+    for (const sa::ForwardKernel& k : sa::forward_kernels()) {
+      if (k.dtype != c.dt || int(k.isa) > int(sa::detected_isa())) continue;
+      sa::set_num_threads(1);
+      const Outs one = run_with(p, shape, k.run);
+      for (int t : {2, 3, 7}) {
+        sa::set_num_threads(t);
+        const Outs o = run_with(p, shape, k.run);
+        EXPECT_EQ(0, std::memcmp(o.out.data(), one.out.data(), one.out.size())) << k.name << " threads " << t;
+        EXPECT_EQ(0, std::memcmp(o.smax.data(), one.smax.data(), one.smax.size() * 4)) << k.name << " threads " << t;
+        EXPECT_EQ(0, std::memcmp(o.ssum.data(), one.ssum.data(), one.ssum.size() * 4)) << k.name << " threads " << t;
+      }
+    }
+  }
+  sa::set_num_threads(saved);
+}
+
+// The public API with the ISA cap picks each tier's kernel and still matches the reference.
+TEST(ForwardKernels, PublicApiIsaCap) {
+  Case c;
+  c.dt = DType::bfloat16;
+  c.N1 = 2;
+  c.N2 = 1;
+  c.S1 = 100;
+  c.S2 = 100;
+  c.D = 32;
+  Inputs in;
+  build(c, in, 3);
+  for (const char* cap : {"scalar", "avx2", "avx512", "amx"}) {
+    setenv("SPEEDATTN_MAX_ISA", cap, 1);
+    sa::Options ro = in.opt;
+    ro.backend = sa::Backend::reference;
+    const sa::ForwardResult ref = sa::forward(in.tq, in.tk, in.tv, ro);
+    const sa::ForwardResult got = sa::forward(in.tq, in.tk, in.tv, in.opt);
+    const int64_t n = ref.attention_out.spec.numel();
+    double worst = 0;
+    for (int64_t e = 0; e < n; ++e)
+      worst = std::max(worst, double(std::fabs(get(ref.attention_out.data(), c.dt, e) -
+                                               get(got.attention_out.data(), c.dt, e))));
+    EXPECT_LT(worst, 0.02) << cap << " kernel " << sa::forward_kernel_for(c.dt);
+  }
+  unsetenv("SPEEDATTN_MAX_ISA");
+}

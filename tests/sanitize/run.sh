@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# AddressSanitizer + UndefinedBehaviorSanitizer run (docs/reliability.md).
+#
+#   1. builds the library and the GoogleTest suites with -DSPEEDATTN_SANITIZE=ON in build/asan
+#      (GCC by default: its ASan runtime is a shared library, which step 3 preloads) and runs a
+#      fast subset: every discovered test except those whose name matches $SANITIZE_EXCLUDE;
+#   2. (skipped with SANITIZE_PYTHON=0) builds the Python extension with the same flags in
+#      build/asan-py, lays out a private copy of the package in build/asan-py/pkg (the venv's
+#      editable install is left alone) and runs tests/sanitize/py_smoke.py with libasan
+#      preloaded into the interpreter.
+#
+# Any sanitizer report fails the run (halt_on_error; UBSan -fno-sanitize-recover). Leak
+# detection is on for the C++ tests and off for Python (the interpreter itself "leaks").
+#
+# Env: JOBS (build parallelism, default 2), SANITIZE_EXCLUDE (ctest -E regex),
+#      SANITIZE_PYTHON=0|1, CXX (compiler; default g++).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$ROOT"
+export PATH="$ROOT/.venv/bin:$PATH"
+CMAKE="$(command -v cmake)"
+CTEST="$(command -v ctest)"
+PY="$ROOT/.venv/bin/python"
+JOBS="${JOBS:-2}"
+CXX_BIN="${CXX:-g++}"
+EXCLUDE="${SANITIZE_EXCLUDE:-Large|Slow|Stress|Perf|Bench|Exhaustive}"
+GEN=()
+command -v ninja >/dev/null && GEN=(-G Ninja)
+
+export ASAN_OPTIONS="halt_on_error=1:abort_on_error=1:detect_stack_use_after_return=1:strict_string_checks=1:check_initialization_order=1${ASAN_EXTRA:+:$ASAN_EXTRA}"
+export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
+
+t0=$(date +%s)
+echo "== sanitize: C++ library + tests (build/asan, $CXX_BIN, ASan+UBSan)"
+[ -f build/asan/CMakeCache.txt ] || "$CMAKE" -S . -B build/asan "${GEN[@]}" \
+  -DCMAKE_CXX_COMPILER="$CXX_BIN" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+  -DSPEEDATTN_SANITIZE=ON -DSPEEDATTN_BUILD_TESTS=ON -DSPEEDATTN_BUILD_PYTHON=OFF >/dev/null
+"$CMAKE" --build build/asan -j "$JOBS"
+# One worker thread count above 1 so the pool's paths run under the sanitizers too.
+ASAN_OPTIONS="$ASAN_OPTIONS:detect_leaks=1" "$CTEST" --test-dir build/asan --output-on-failure -j "$JOBS" \
+  -E "$EXCLUDE" --timeout 300
+t1=$(date +%s)
+echo "== sanitize: C++ done in $((t1 - t0)) s"
+
+if [ "${SANITIZE_PYTHON:-1}" = "0" ]; then
+  exit 0
+fi
+
+echo "== sanitize: Python extension (build/asan-py, libasan preloaded)"
+LIBASAN="$("$CXX_BIN" -print-file-name=libasan.so)"
+if [ ! -e "$LIBASAN" ] || [ "$LIBASAN" = "libasan.so" ]; then
+  echo "sanitize: $CXX_BIN has no shared libasan; skipping the Python smoke" >&2
+  exit 0
+fi
+[ -f build/asan-py/CMakeCache.txt ] || "$CMAKE" -S . -B build/asan-py "${GEN[@]}" \
+  -DCMAKE_CXX_COMPILER="$CXX_BIN" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+  -DSPEEDATTN_SANITIZE=ON -DSPEEDATTN_BUILD_TESTS=OFF -DSPEEDATTN_BUILD_PYTHON=ON \
+  -DPython_EXECUTABLE="$PY" >/dev/null
+"$CMAKE" --build build/asan-py -j "$JOBS"
+PKG=build/asan-py/pkg/speedattn
+rm -rf build/asan-py/pkg && mkdir -p "$PKG"
+cp python/speedattn/*.py "$PKG"/
+cp build/asan-py/_core*.so "$PKG"/
+cp -P build/asan-py/libspeedattn.so* "$PKG"/ 2>/dev/null || true
+# The build-tree RPATH of _core points at build/asan-py; the copy beside it is a fallback.
+LD_PRELOAD="$LIBASAN" ASAN_OPTIONS="$ASAN_OPTIONS:detect_leaks=0" \
+  PYTHONPATH="$ROOT/build/asan-py/pkg" LD_LIBRARY_PATH="$ROOT/build/asan-py/pkg${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
+  "$PY" tests/sanitize/py_smoke.py
+t2=$(date +%s)
+echo "== sanitize: Python done in $((t2 - t1)) s (total $((t2 - t0)) s)"
