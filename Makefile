@@ -30,7 +30,7 @@ SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Anything that changes the compiled library or extension. New files are picked up because a
 # new file is newer than the stamp; CMake's CONFIGURE_DEPENDS globs do the rest.
 NATIVE_SOURCES := $(shell find src include python/speedattn -type f \
-                    \( -name '*.cpp' -o -name '*.h' -o -name '*.hpp' -o -name '*.inc' -o -name '*.py' \) 2>/dev/null)
+                    \( -name '*.cpp' -o -name '*.h' -o -name '*.hpp' -o -name '*.inc' \) 2>/dev/null)
 BUILD_FILES    := CMakeLists.txt pyproject.toml $(wildcard cmake/*)
 
 .PHONY: venv system-deps build python-build cpp-build test cpp-test python-test demo clean distclean

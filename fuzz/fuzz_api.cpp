@@ -47,8 +47,8 @@ namespace {
 
 constexpr int64_t kI64Max = std::numeric_limits<int64_t>::max();
 constexpr int64_t kI64Min = std::numeric_limits<int64_t>::min();
-constexpr int64_t kMaxRealElems = int64_t(1) << 22;  // larger spans get a placeholder (fake)
-constexpr int64_t kRunBudget = int64_t(1) << 20;     // run only if numels * D <= this
+constexpr int64_t kMaxRealElems = int64_t(1) << 20;  // larger spans get a placeholder (fake)
+constexpr int64_t kRunBudget = int64_t(1) << 17;     // run only if numels * D <= this
 constexpr int64_t kMaxOutBytes = int64_t(64) << 20;
 
 [[noreturn]] void finding(const char* what, const std::string& detail = "") {
@@ -196,7 +196,7 @@ void store_float(void* p, sa::DType t, float v) {
       break;
     }
     case sa::DType::int64: {
-      const int64_t i = int64_t(v);
+      const int64_t i = std::isfinite(v) ? int64_t(std::max(-1e18f, std::min(1e18f, v))) : 0;
       std::memcpy(p, &i, 8);
       break;
     }

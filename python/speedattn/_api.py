@@ -292,6 +292,25 @@ def _options(head_num, input_layout, pse, padding_mask, atten_mask, scale, keep_
 # public API
 
 
+def forward_plan(query, key, value, head_num, input_layout, *, pse=None, padding_mask=None, atten_mask=None,
+                 scale=1.0, keep_prob=1.0, pre_tokens=_MAX_TOKENS, next_tokens=_MAX_TOKENS, inner_precise=0,
+                 prefix=None, actual_seq_qlen=None, actual_seq_kvlen=None, sparse_mode=0, gen_mask_parallel=True,
+                 sync=False, pse_type=1, q_start_idx=None, kv_start_idx=None, backend="auto", rng=None):
+    """Validates a forward call; returns ``(plan, keep_alive)``. ``plan`` has the output specs,
+    ``numels`` and ``kernel_name``; the inputs in ``keep_alive`` must outlive ``plan.run``."""
+    opts, keep = _options(head_num, input_layout, pse, padding_mask, atten_mask, scale, keep_prob, pre_tokens,
+                          next_tokens, inner_precise, prefix, actual_seq_qlen, actual_seq_kvlen, sparse_mode,
+                          gen_mask_parallel, sync, pse_type, q_start_idx, kv_start_idx, backend)
+    if rng is not None:
+        if not isinstance(rng, (tuple, list)) or len(rng) != 2:
+            raise TypeError(f"rng must be None or a (seed, offset) pair of int, got {_describe(rng)}")
+        opts["rng"] = (_check_scalar_int("rng[0] (seed)", rng[0]), _check_scalar_int("rng[1] (offset)", rng[1]))
+    q = _tensor_arg(query, "query", _FLOAT_DTYPES)
+    k = _tensor_arg(key, "key", _FLOAT_DTYPES)
+    v = _tensor_arg(value, "value", _FLOAT_DTYPES)
+    return _core.forward_plan(q.spec, k.spec, v.spec, opts), keep + [q, k, v]
+
+
 def speed_fusion_attention(query, key, value, head_num, input_layout, *, pse=None, padding_mask=None,
                            atten_mask=None, scale=1.0, keep_prob=1.0, pre_tokens=_MAX_TOKENS,
                            next_tokens=_MAX_TOKENS, inner_precise=0, prefix=None, actual_seq_qlen=None,
@@ -303,24 +322,19 @@ def speed_fusion_attention(query, key, value, head_num, input_layout, *, pse=Non
     ``backend``: "auto" (fastest kernel) or "reference". ``rng``: an optional ``(seed, offset)``
     used for dropout instead of drawing from the process generator (which is then not advanced).
     """
-    opts, keep = _options(head_num, input_layout, pse, padding_mask, atten_mask, scale, keep_prob, pre_tokens,
-                          next_tokens, inner_precise, prefix, actual_seq_qlen, actual_seq_kvlen, sparse_mode,
-                          gen_mask_parallel, sync, pse_type, q_start_idx, kv_start_idx, backend)
-    if rng is not None:
-        if not isinstance(rng, (tuple, list)) or len(rng) != 2:
-            raise TypeError(f"rng must be None or a (seed, offset) pair of int, got {_describe(rng)}")
-        opts["rng"] = (_check_scalar_int("rng[0] (seed)", rng[0]), _check_scalar_int("rng[1] (offset)", rng[1]))
-    q = _tensor_arg(query, "query", _FLOAT_DTYPES)
-    k = _tensor_arg(key, "key", _FLOAT_DTYPES)
-    v = _tensor_arg(value, "value", _FLOAT_DTYPES)
-    plan = _core.forward_plan(q.spec, k.spec, v.spec, opts)
-
+    plan, keep = forward_plan(query, key, value, head_num, input_layout, pse=pse, padding_mask=padding_mask,
+                              atten_mask=atten_mask, scale=scale, keep_prob=keep_prob, pre_tokens=pre_tokens,
+                              next_tokens=next_tokens, inner_precise=inner_precise, prefix=prefix,
+                              actual_seq_qlen=actual_seq_qlen, actual_seq_kvlen=actual_seq_kvlen,
+                              sparse_mode=sparse_mode, gen_mask_parallel=gen_mask_parallel, sync=sync,
+                              pse_type=pse_type, q_start_idx=q_start_idx, kv_start_idx=kv_start_idx,
+                              backend=backend, rng=rng)
     alloc = _Alloc(query)
     out, out_ptr = alloc.empty(plan.attention_out_spec)
     smax, smax_ptr = alloc.empty(plan.softmax_stat_spec)
     ssum, ssum_ptr = alloc.empty(plan.softmax_stat_spec)
     seed, offset = plan.run(out_ptr, smax_ptr, ssum_ptr)
-    del keep, q, k, v  # alive until here
+    del keep  # inputs alive until here
     softmax_out, _ = alloc.empty((plan.attention_out_spec[0], (0,)))
     return out, smax, ssum, softmax_out, alloc.int64(seed), alloc.int64(offset), alloc.int64(plan.numels)
 
@@ -370,6 +384,11 @@ def manual_seed(seed) -> None:
 def rng_state():
     """The generator's current (seed, offset)."""
     return tuple(_core.rng_state())
+
+
+def reserve_rng(numels):
+    """Takes the generator's current (seed, offset) and advances it by ceil(numels / 4)."""
+    return tuple(_core.reserve_rng(_check_int("numels", numels)))
 
 
 def set_num_threads(n) -> None:

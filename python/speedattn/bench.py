@@ -168,11 +168,12 @@ SHAPE_SETS: dict[str, dict] = {
         "cases": [_square(1, 8, 8, s, 128, mask=m) for m in ("none", "causal")
                   for s in (512, 1024, 2048, 4096, 8192)],
     },
-    # Extra memory at 128k tokens (S1 = S2 = 131072): O(S) vs O(S^2). One timed rep; takes minutes.
+    # Extra memory at 128k tokens (S1 = S2 = 131072): O(S) vs O(S^2). One call each (the warm-up is
+    # the timing); takes minutes.
     "memory": {
         "dtypes": ["bf16"],
         "budget_s": 0.0,
-        "min_reps": 1,
+        "min_reps": 0,
         "cases": [_square(1, 1, 1, 131072, 128, mask="causal")],
     },
 }
@@ -184,6 +185,10 @@ _DTYPE_ALIASES = {"bf16": "bf16", "bfloat16": "bf16", "fp16": "fp16", "float16":
 # the output dtype (both outputs are rounded once to it; SPEC section 11).
 _TOLERANCE = {"bf16": 2.0**-6, "fp16": 2.0**-9, "fp32": 2.0**-19}
 _VALIDATION_S = 256
+# Pause before each timed call. torch's libgomp workers spin after a parallel region (GOMP_SPINCOUNT,
+# 300000 pause instructions by default: milliseconds on this core) and would steal the 2 cores from
+# the next call of the other library; the pause lets them park, so each call starts on a quiet machine.
+_SETTLE_S = 0.01
 
 # ---------------------------------------------------------------------------------------------
 # peaks (bench/peaks.cpp via bench/peaks.py, found in the source tree)
@@ -369,7 +374,7 @@ def _validate(sa, torch, F, case: Case, dtype: str, backward: bool) -> dict:
         try:
             gref = _sa_backward(sa, x, ref, "reference")
             ggot = _sa_backward(sa, x, got)
-        except (AttributeError, NotImplementedError) as e:
+        except Exception as e:  # noqa: BLE001 - a missing/unfinished backward is reported, not fatal
             res["backward_error"] = f"{type(e).__name__}: {e}"
             return res
         q, k, v = (t.detach().clone().requires_grad_(True) for t in (x.q, x.k, x.v))
@@ -389,7 +394,8 @@ def _validate(sa, torch, F, case: Case, dtype: str, backward: bool) -> dict:
 def _time_pair(fns: dict[str, Callable[[], object]], budget_s: float, min_reps: int, max_reps: int = 50):
     """Warm up each (measuring memory), then alternate them (ABBA...) for about budget_s in total.
 
-    Returns {name: {"median_s", "min_s", "reps", "mem_bytes"}}.
+    Returns {name: {"median_s", "min_s", "reps", "mem_bytes"}}; with min_reps 0 and no budget the
+    warm-up call is the only timed one (reps 0).
     """
     names = list(fns)
     mem, first = {}, {}
@@ -403,10 +409,13 @@ def _time_pair(fns: dict[str, Callable[[], object]], budget_s: float, min_reps: 
     times = {n: [] for n in names}
     for rep in range(reps):
         for n in (names if rep % 2 == 0 else names[::-1]):
+            time.sleep(_SETTLE_S)
             t0 = time.perf_counter()
             r = fns[n]()
             times[n].append(time.perf_counter() - t0)
             del r
+    if reps == 0:
+        times = {n: [first[n]] for n in names}
     return {n: {"median_s": statistics.median(times[n]), "min_s": min(times[n]), "reps": reps,
                 "mem_bytes": mem[n]} for n in names}
 
@@ -427,10 +436,10 @@ def _bench_case(sa, torch, F, case: Case, dtype: str, backward: bool, budget_s: 
     fwd = _sa_forward(sa, x)
     q, k, v = (t.detach().clone().requires_grad_(True) for t in (x.q, x.k, x.v))
 
-    def torch_bwd_setup():
+    def torch_fwd():  # builds the autograd graph
         return _torch_forward(F, x, q, k, v)
 
-    tout = torch_bwd_setup()
+    tout = torch_fwd()
     try:
         res["bwd"] = _time_pair({
             "speedattn": lambda: _sa_backward(sa, x, fwd),
@@ -438,9 +447,9 @@ def _bench_case(sa, torch, F, case: Case, dtype: str, backward: bool, budget_s: 
         }, budget_s, min_reps)
         res["fwdbwd"] = _time_pair({
             "speedattn": lambda: _sa_backward(sa, x, _sa_forward(sa, x)),
-            "torch": lambda: torch.autograd.grad(torch_bwd_setup(), (q, k, v), x.dy),
+            "torch": lambda: torch.autograd.grad(torch_fwd(), (q, k, v), x.dy),
         }, budget_s, min_reps)
-    except (NotImplementedError, RuntimeError) as e:
+    except Exception as e:  # noqa: BLE001 - a missing/unfinished backward is reported, not fatal
         res["backward_error"] = f"{type(e).__name__}: {e}"
     return res
 
@@ -483,6 +492,8 @@ def _row(cells: Sequence[str]) -> str:
 
 
 def _table_rows(r: dict) -> list[str]:
+    if "error" in r:
+        return [_row([r["label"], r["dtype"], "error", r["error"]])]
     rows = []
     v = r.get("validation", {})
     for direction in ("fwd", "bwd", "fwdbwd"):
@@ -524,12 +535,18 @@ def _header_lines(report: dict) -> list[str]:
             return "-" if not x else f"{x['max']:{fmt}} (median {x['median']:{fmt}})"
         lines.append(f"peaks, {t} thread(s), max of {p['reps']} runs: AMX-BF16 {pk('amx_bf16')} GFLOP/s, "
                      f"FP32 FMA {pk('fp32_fma')} GFLOP/s, DRAM {pk('dram_read')} GB/s, clock {pk('clock', '.2f')} GHz")
+        clock = p["probes"].get("clock", {}).get(str(t), {}).get("max")
+        nominal = report["machine"].get("nominal_ghz")
+        if clock and nominal and clock < 0.9 * nominal:
+            lines.append(f"WARNING: the machine is busy (the probe's clock, {clock:.2f} GHz, is below the nominal "
+                         f"{nominal:.2f} GHz): peaks and timings are low and noisy")
     ks = ", ".join(f"{d}: {k['forward']}" + (f" / {k['backward']}" if k.get("backward") else "")
                    for d, k in report["kernels"].items())
     lines.append(f"kernels (forward / backward): {ks}")
     lines.append("TFLOP/s: fwd 4*B*N1*S1*S2*D (causal S1==S2: /2; band: kept pairs), bwd 2.5x, fwd+bwd 3.5x; "
-                 "%peak vs the max peak above; MiB: peak RSS growth of one call; err: max abs vs reference "
-                 f"at S~{_VALIDATION_S} ('!' = above tolerance)")
+                 "%peak: of the max peak above")
+    lines.append(f"MiB: peak RSS growth of one call; err: max abs vs the reference at S~{_VALIDATION_S} "
+                 "('!' = above tolerance); times are medians")
     return lines
 
 
@@ -554,14 +571,15 @@ def _plot(results: list[dict], path: str) -> None:
     fig, ax = plt.subplots(figsize=(9, 5.5))
     if series:
         shapes = {k[1][:4] for k in series}
-        markers = {}
-        for (dtype, fam, impl), pts in sorted(series.items()):
+        markers = {"none": "o", "causal": "^", "band": "s"}
+        for (dtype, fam, impl), pts in sorted(series.items(), key=lambda kv: (kv[0][0], kv[0][1][4] != "none",
+                                                                              kv[0][1], kv[0][2])):
             B, N1, N2, D, mask, alibi, decode = fam
             tag = " ".join(t for t in (mask if mask != "none" else "", "alibi" if alibi else "",
                                        "decode" if decode else "") if t)
             if len(shapes) > 1:
                 tag += f" B{B} N{N1}" + (f"/{N2}" if N1 != N2 else "") + f" D{D}"
-            m = markers.setdefault(fam, "osD^v<>ph*"[len(markers) % 10])
+            m = "D" if alibi else markers[mask]
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=m, color=colors.get(dtype),
                     linestyle="-" if impl == "speedattn" else "--", label=f"{names[impl]} {dtype} {tag}".strip())
         ax.set_xscale("log", base=2)
@@ -670,7 +688,8 @@ def run(shapes: str | Iterable[Case] = "default", dtypes: Sequence[str] | str | 
     report = {
         "shape_set": set_name,
         "threads": threads,
-        "machine": {"cpu": _cpu_model(), "cpus": os.cpu_count(), "platform": platform.platform()},
+        "machine": {"cpu": _cpu_model(), "nominal_ghz": _cpu_nominal_ghz(), "cpus": os.cpu_count(),
+                    "platform": platform.platform()},
         "versions": {"speedattn": getattr(sa, "__version__", "?"), "torch": torch.__version__,
                      "python": platform.python_version()},
         "flop_convention": "forward 4*B*N1*S1*S2*D, halved for causal with S1 == S2; band / causal with "
@@ -691,27 +710,15 @@ def run(shapes: str | Iterable[Case] = "default", dtypes: Sequence[str] | str | 
     print(_row([h for h, _ in _COLUMNS]), file=out)
     out.flush()
     failed = 0
-    has_grad = hasattr(sa, "speed_fusion_attention_grad")
     for dtype in dts:
         for case in cases:
             prog.start(f"{case.label} {dtype}")
-            r = {"case": dataclasses.asdict(case), "label": case.label, "dtype": dtype}
-            r["validation"] = _validate(sa, torch, F, case, dtype, backward and has_grad)
-            failed += not r["validation"]["ok"]
-            r.update(_bench_case(sa, torch, F, case, dtype, backward, budget, spec["min_reps"]))
-            kernel = report["kernels"][dtype]["forward"]
-            r["peak"], ceiling = _ceiling(report["peaks"], dtype, kernel, threads)
-            fl = case.forward_flops()
-            r["flops"] = fl
-            for direction, mult in (("fwd", 1.0), ("bwd", 2.5), ("fwdbwd", 3.5)):
-                t = r.get(direction)
-                if not t:
-                    continue
-                for impl in ("speedattn", "torch"):
-                    t[impl]["tflops"] = mult * fl / t[impl]["median_s"] / 1e12
-                t["speedup"] = t["torch"]["median_s"] / t["speedattn"]["median_s"]
-                t["pct_peak"] = (100.0 * t["speedattn"]["tflops"] * 1e12 / ceiling) if ceiling else None
-            r["fwd"]["speedattn"]["gbps"] = r["bytes"] / r["fwd"]["speedattn"]["median_s"] / 1e9
+            try:
+                r = _run_case(sa, torch, F, case, dtype, backward, budget, spec["min_reps"], report)
+            except Exception as e:  # noqa: BLE001 - report the case and go on with the others
+                r = {"case": dataclasses.asdict(case), "label": case.label, "dtype": dtype,
+                     "error": f"{type(e).__name__}: {e}"}
+            failed += not r.get("validation", {}).get("ok", False)
             report["results"].append(r)
             prog.step()
             prog.close()
@@ -721,7 +728,7 @@ def run(shapes: str | Iterable[Case] = "default", dtypes: Sequence[str] | str | 
     prog.close()
     report["failed_validations"] = failed
     if failed:
-        print(f"{failed} case(s) failed validation (speedattn vs reference above tolerance, marked '!')",
+        print(f"{failed} case(s) failed: an error, or speedattn above tolerance vs the reference ('!')",
               file=out)
     if json:
         text = _json.dumps(report, indent=1)
@@ -730,19 +737,55 @@ def run(shapes: str | Iterable[Case] = "default", dtypes: Sequence[str] | str | 
         else:
             Path(json).write_text(text + "\n")
     if plot:
-        _plot(report["results"], plot)
+        _plot([r for r in report["results"] if "fwd" in r], plot)
     return report
 
 
-def _cpu_model() -> str:
+def _run_case(sa, torch, F, case: Case, dtype: str, backward: bool, budget_s: float, min_reps: int,
+              report: dict) -> dict:
+    """Validate, time and derive the rates of one case; returns its result record."""
+    r = {"case": dataclasses.asdict(case), "label": case.label, "dtype": dtype}
+    has_grad = hasattr(sa, "speed_fusion_attention_grad")
+    r["validation"] = _validate(sa, torch, F, case, dtype, backward and has_grad)
+    r.update(_bench_case(sa, torch, F, case, dtype, backward, budget_s, min_reps))
+    threads = report["threads"]
+    r["peak"], ceiling = _ceiling(report["peaks"], dtype, report["kernels"][dtype]["forward"], threads)
+    r["flops"] = fl = case.forward_flops()
+    for direction, mult in (("fwd", 1.0), ("bwd", 2.5), ("fwdbwd", 3.5)):
+        t = r.get(direction)
+        if not t:
+            continue
+        for impl in ("speedattn", "torch"):
+            t[impl]["tflops"] = mult * fl / t[impl]["median_s"] / 1e12
+        t["speedup"] = t["torch"]["median_s"] / t["speedattn"]["median_s"]
+        t["pct_peak"] = (100.0 * t["speedattn"]["tflops"] * 1e12 / ceiling) if ceiling else None
+    r["fwd"]["speedattn"]["gbps"] = r["bytes"] / r["fwd"]["speedattn"]["median_s"] / 1e9
+    return r
+
+
+def _cpuinfo(key: str) -> str | None:
+    """The first `key` value of /proc/cpuinfo."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
+                if line.split(":", 1)[0].strip() == key:
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or "unknown CPU"
+    return None
+
+
+def _cpu_model() -> str:
+    return _cpuinfo("model name") or platform.processor() or "unknown CPU"
+
+
+def _cpu_nominal_ghz() -> float | None:
+    """/proc/cpuinfo's MHz (the TSC rate in this VM); the clock probe reads at least this when idle."""
+    mhz = _cpuinfo("cpu MHz")
+    try:
+        return float(mhz) / 1000.0 if mhz else None
+    except ValueError:
+        return None
 
 
 def add_arguments(ap) -> None:

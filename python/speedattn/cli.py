@@ -19,43 +19,47 @@ __all__ = ["main", "build_parser", "info"]
 _DTYPES = ("float16", "bfloat16", "float32")
 
 
-def _ask(fn, *args) -> str:
-    try:
-        return str(fn(*args))
-    except Exception as e:  # noqa: BLE001 - informational: report instead of failing
-        return f"unavailable ({type(e).__name__}: {e})"
-
-
 def info() -> dict:
-    """The facts `speedattn info` prints, as a dict."""
+    """The facts `speedattn info` prints, as a dict. "error" is set (and the ISA cap and kernels are
+    None) when SPEEDATTN_MAX_ISA holds an unknown value."""
     import speedattn as sa
     from speedattn import _core
 
-    env_cap = os.environ.get("SPEEDATTN_MAX_ISA")
-    return {
+    facts = {
         "version": sa.__version__,
         "package": os.path.dirname(os.path.abspath(sa.__file__)),
         "cpu_features": list(_core.cpu_features()),
-        "isa_cap": _ask(_core.isa_cap),
-        "SPEEDATTN_MAX_ISA": env_cap,
+        "isa_cap": None,
+        "SPEEDATTN_MAX_ISA": os.environ.get("SPEEDATTN_MAX_ISA"),
         "threads": int(sa.get_num_threads()),
-        "kernels": {dt: {"forward": _ask(_core.forward_kernel_for, dt),
-                         "backward": _ask(_core.backward_kernel_for, dt)} for dt in _DTYPES},
+        "kernels": None,
+        "error": None,
     }
+    try:
+        facts["isa_cap"] = str(_core.isa_cap())
+        facts["kernels"] = {dt: {"forward": str(_core.forward_kernel_for(dt)),
+                                 "backward": str(_core.backward_kernel_for(dt))} for dt in _DTYPES}
+    except ValueError as e:  # an unknown SPEEDATTN_MAX_ISA: every call would fail the same way
+        facts["error"] = str(e)
+    return facts
 
 
 def _cmd_info(args) -> int:
     facts = info()
     if args.json:
         print(json.dumps(facts, indent=1))
-        return 0
+        return 1 if facts["error"] else 0
     print(f"speedattn {facts['version']}  ({facts['package']})")
     feats = facts["cpu_features"]
     print(f"CPU features : {' '.join(feats) if feats else '(none beyond baseline x86-64)'}")
     env = facts["SPEEDATTN_MAX_ISA"]
+    print(f"threads      : {facts['threads']}  (speedattn.set_num_threads to change)")
+    if facts["error"]:
+        print(f"ISA cap      : invalid: {facts['error']}")
+        print("kernels      : none can run until SPEEDATTN_MAX_ISA is fixed or unset")
+        return 1
     print(f"ISA cap      : {facts['isa_cap']}  (SPEEDATTN_MAX_ISA={env if env is not None else 'unset'}; "
           "scalar | avx2 | avx512 | amx)")
-    print(f"threads      : {facts['threads']}  (speedattn.set_num_threads to change)")
     print("kernels      :")
     w = max(len(k["forward"]) for k in facts["kernels"].values())
     print(f"  {'dtype':10}{'forward':{w + 3}}backward")

@@ -14,7 +14,9 @@ const std::vector<ForwardKernel>& forward_kernels() {
       {"fwd_avx512_bf16", Isa::avx512, DType::bfloat16, &cpu::fwd_avx512},
       {"fwd_avx2_bf16", Isa::avx2, DType::bfloat16, &cpu::fwd_avx2},
       {"fwd_scalar_bf16", Isa::scalar, DType::bfloat16, &cpu::fwd_scalar},
-      // float16: fp32 compute (converted on load; never fp16 accumulation).
+      // float16: never fp16 accumulation. AMX: exact hi/lo bf16 split, 3 passes per GEMM;
+      // otherwise fp32 compute (converted on load).
+      {"fwd_amx_fp16", Isa::amx, DType::float16, &cpu::fwd_amx_fp16},
       {"fwd_avx512_fp16", Isa::avx512, DType::float16, &cpu::fwd_avx512},
       {"fwd_avx2_fp16", Isa::avx2, DType::float16, &cpu::fwd_avx2},
       {"fwd_scalar_fp16", Isa::scalar, DType::float16, &cpu::fwd_scalar},

@@ -266,6 +266,12 @@ struct Shared {
   int64_t dst[4] = {0, 0, 0, 0};
   int64_t dpse_numel = 0;
   std::vector<double> slope_part;  // tasks x G
+  // Packed bf16 copies for the AMX kernel (filled by its prepare step): per query head n,
+  // rows in a padded row space (sequence b starts at qpbase[b], a multiple of 32; 32 zero
+  // rows of slack at the end): Qc/dYc [n][Tqp][D], QT/dYT [n][D][Tqp].
+  std::vector<int64_t> qpbase;
+  int64_t Tqp = 0;
+  std::vector<uint16_t> qc, dyc, qt, dyt;
   explicit Shared(const Problem& prob) : p(prob) {}
   size_t ri(int64_t n, int64_t b, int64_t i) const { return size_t(n * plan.Tq + plan.qbase[size_t(b)] + i); }
   float* dq_row(int64_t c, int64_t n, int64_t b, int64_t i) {
@@ -406,29 +412,11 @@ struct Worker {
 
     int64_t ia, ie;
     rows_for_keys(p, b, j0, j0 + jn, &ia, &ie);
-    const bool has_mask = p.mask.data != nullptr;
-    const float scale = float(p.scale);
     for (int64_t n = g * p.G; n < (g + 1) * p.G; ++n) {
       for (int64_t i0 = ia; i0 < ie; i0 += kBq) {
         const int ni = int(std::min<int64_t>(kBq, ie - i0));
-        int rlo = ni, rhi = 0;
-        for (int r = 0; r < ni; ++r) {
-          uint8_t cl = kNone;
-          if (sh.kind[sh.ri(n, b, i0 + r)] == kRowNormal) {
-            rm[r] = make_row_meta(p, b, n, i0 + r);
-            cl = band_class(rm[r], j0, j0 + jn);
-            if (cl != kNone && has_mask) {
-              const int ms = mask_scan(rm[r].mrow + j0 * p.mask.sj, p.mask.sj, jn);
-              if (ms == 2) cl = kNone;
-              else if (ms == 1) cl = kPartial;
-            }
-          }
-          cls[r] = cl;
-          if (cl != kNone) {
-            rlo = std::min(rlo, r);
-            rhi = r + 1;
-          }
-        }
+        int rlo, rhi;
+        classify(b, n, i0, ni, j0, jn, &rlo, &rhi);
         if (rlo >= rhi) continue;
         const int R = rhi - rlo;
         const int64_t ib = i0 + rlo;  // first row of the tile
@@ -451,39 +439,7 @@ struct Worker {
         }
         E::gemm(R, jpad, int(D), qa, ldq, 1, KT, kBk, S, kBk, false);
         E::gemm(R, jpad, int(D), dya, lddy, 1, VT, kBk, dP, kBk, false);
-        for (int r = 0; r < R; ++r) {
-          float* s = S + r * kBk;
-          float* dp = dP + r * kBk;
-          const int rr = rlo + r;
-          if (cls[rr] == kNone) {
-            std::memset(s, 0, size_t(jn) * 4);
-            std::memset(dp, 0, size_t(jn) * 4);
-            continue;
-          }
-          const size_t ri = sh.ri(n, b, ib + r);
-          GradRow a;
-          a.rm = &rm[rr];
-          a.partial = cls[rr] == kPartial;
-          a.mx = sh.mx[ri];
-          a.inv_sum = sh.isum[ri];
-          a.dsum = sh.dsum[ri];
-          a.scale = scale;
-          a.rkp = float(1.0 / p.keep_prob);
-          if (p.dropout) {
-            const uint64_t e0 = rm[rr].e_row + uint64_t(j0);
-            const uint64_t q0 = e0 >> 2;
-            const int64_t nq = int64_t(((e0 + uint64_t(jn) - 1) >> 2) - q0 + 1);
-            E::gen_words(uint64_t(p.rng.seed), uint64_t(p.rng.offset), q0, nq, words);
-            a.w = words + (e0 & 3);
-            a.thr = p.keep_threshold;
-          }
-          if (sh.dpse) {
-            a.dpse = sh.dpse + dpse_row_base(b, n, ib + r);
-            a.dsj = sh.dst[3];
-          }
-          if (sl) a.slope_acc = sl + (n - g * p.G);
-          E::grad_row(p, a, s, dp, j0, jn);
-        }
+        grad_rows(b, n, g, ib, rlo, R, j0, jn, S, dP, kBk, sl);
         // dV += P'^T dY, dK += (scale dS)^T Q, dQ += (scale dS) K
         E::gemm(jn, int(D), R, S, 1, kBk, dya, lddy, dVa, Dp, true);
         E::gemm(jn, int(D), R, dP, 1, kBk, qa, ldq, dKa, Dp, true);
@@ -497,6 +453,78 @@ struct Worker {
       store_row_f32(dk, p.dtype, op_off(p, p.dk, true, b, g, j0 + jj), dKa + jj * Dp, D);
       store_row_f32(dv, p.dtype, op_off(p, p.dv, true, b, g, j0 + jj), dVa + jj * Dp, D);
     }
+  }
+
+  // Classifies rows i0 .. i0+ni of (b, n) against keys [j0, j0+jn) into cls[] (kNone: no
+  // kept key or not a normal row; kFull; kPartial) with their RowMeta in rm[]; [rlo, rhi) is
+  // the range of rows that are not kNone (empty: rlo >= rhi).
+  void classify(int64_t b, int64_t n, int64_t i0, int ni, int64_t j0, int jn, int* rlo_out, int* rhi_out) {
+    const bool has_mask = p.mask.data != nullptr;
+    int rlo = ni, rhi = 0;
+    for (int r = 0; r < ni; ++r) {
+      uint8_t cl = kNone;
+      if (sh.kind[sh.ri(n, b, i0 + r)] == kRowNormal) {
+        rm[r] = make_row_meta(p, b, n, i0 + r);
+        cl = band_class(rm[r], j0, j0 + jn);
+        if (cl != kNone && has_mask) {
+          const int ms = mask_scan(rm[r].mrow + j0 * p.mask.sj, p.mask.sj, jn);
+          if (ms == 2) cl = kNone;
+          else if (ms == 1) cl = kPartial;
+        }
+      }
+      cls[r] = cl;
+      if (cl != kNone) {
+        rlo = std::min(rlo, r);
+        rhi = r + 1;
+      }
+    }
+    *rlo_out = rlo;
+    *rhi_out = rhi;
+  }
+
+  // Element semantics of the R rows ib.. (classified at index rlo..) of a tile: Sb[r*ld + jj]
+  // holds qk, dPb dy.v; on return P' and scale * dS (kNone rows: 0).
+  void grad_rows(int64_t b, int64_t n, int64_t g, int64_t ib, int rlo, int R, int64_t j0, int jn, float* Sb,
+                 float* dPb, int64_t ld, double* sl) {
+    const float scale = float(p.scale);
+    for (int r = 0; r < R; ++r) {
+      float* s = Sb + r * ld;
+      float* dp = dPb + r * ld;
+      const int rr = rlo + r;
+      if (cls[rr] == kNone) {
+        std::memset(s, 0, size_t(jn) * 4);
+        std::memset(dp, 0, size_t(jn) * 4);
+        continue;
+      }
+      const size_t ri = sh.ri(n, b, ib + r);
+      GradRow a;
+      a.rm = &rm[rr];
+      a.partial = cls[rr] == kPartial;
+      a.mx = sh.mx[ri];
+      a.inv_sum = sh.isum[ri];
+      a.dsum = sh.dsum[ri];
+      a.scale = scale;
+      a.rkp = float(1.0 / p.keep_prob);
+      if (p.dropout) {
+        const uint64_t e0 = rm[rr].e_row + uint64_t(j0);
+        const uint64_t q0 = e0 >> 2;
+        const int64_t nq = int64_t(((e0 + uint64_t(jn) - 1) >> 2) - q0 + 1);
+        E::gen_words(uint64_t(p.rng.seed), uint64_t(p.rng.offset), q0, nq, words);
+        a.w = words + (e0 & 3);
+        a.thr = p.keep_threshold;
+      }
+      if (sh.dpse) {
+        a.dpse = sh.dpse + dpse_row_base(b, n, ib + r);
+        a.dsj = sh.dst[3];
+      }
+      if (sl) a.slope_acc = sl + (n - g * p.G);
+      E::grad_row(p, a, s, dp, j0, jn);
+    }
+  }
+
+  // Stores the finished dK / dV rows of a kv block (dKa / dVa, jn x Dp fp32), rounded once.
+  void store_kv(int64_t b, int64_t g, int64_t j0, int jn) {
+    store_kv(b, g, j0, jn);
   }
 
   int64_t dpse_row_base(int64_t b, int64_t n, int64_t i) const {
@@ -560,9 +588,10 @@ struct Worker {
   }
 };
 
-// The whole backward.
-template <class E>
-void backward(const Problem& p) {
+// The whole backward with worker type W (W(p, Shared&), W::run_task(BTask, slope partial))
+// over kv blocks of Bk keys; `prepare(sh)` runs after the statistics pass (e.g. packing).
+template <class W, class Prepare>
+void backward_with(const Problem& p, int64_t Bk, Prepare&& prepare) {
   void* dq = const_cast<void*>(p.dq.data);
   void* dk = const_cast<void*>(p.dk.data);
   void* dv = const_cast<void*>(p.dv.data);
@@ -578,7 +607,7 @@ void backward(const Problem& p) {
     std::memset(dv, 0, size_t(p.dv_spec.numel()) * es);
   }
   Shared sh(p);
-  sh.plan = make_plan(p, E::kBk);
+  sh.plan = make_plan(p, Bk);
   sh.D = p.D;
   const bool want_dpse = p.pse.kind != PseKind::none && p.dpse_out != nullptr;
   if (want_dpse) {
@@ -608,13 +637,14 @@ void backward(const Problem& p) {
   sh.uvec.assign(size_t(p.B * p.N1 * p.D), 0.f);
   sh.dq_acc.resize(size_t(sh.plan.C) * rows * size_t(p.D));
   precompute(sh);
+  prepare(sh);
 
   const int nthreads = std::max(1, pool_threads());
-  std::vector<std::unique_ptr<Worker<E>>> workers(static_cast<size_t>(nthreads));
+  std::vector<std::unique_ptr<W>> workers(static_cast<size_t>(nthreads));
   const bool slopes = want_dpse && p.pse.kind == PseKind::slopes;
   parallel_for(int64_t(sh.plan.order.size()), [&](int64_t k, int thread) {
     auto& w = workers[size_t(thread)];
-    if (!w) w.reset(new Worker<E>(p, sh));
+    if (!w) w.reset(new W(p, sh));
     const int64_t ti = sh.plan.order[size_t(k)];
     w->run_task(sh.plan.tasks[size_t(ti)], slopes ? sh.slope_part.data() + ti * p.G : nullptr);
   });
@@ -639,6 +669,12 @@ void backward(const Problem& p) {
     float* out = static_cast<float*>(p.dpse_out);
     for (int64_t e = 0; e < sh.dpse_numel; ++e) out[e] = float(acc[size_t(e)]);
   }
+}
+
+// The whole backward with the fp32 engine E.
+template <class E>
+void backward(const Problem& p) {
+  backward_with<Worker<E>>(p, E::kBk, [](Shared&) {});
 }
 
 }  // namespace bwd

@@ -1,7 +1,614 @@
-// AMX-BF16 forward (placeholder until the tile engine lands): the AVX-512 kernel.
+// The AMX-BF16 forward kernel (bfloat16 inputs): fwd_driver.h + an AMX tile engine.
+//
+//   pre-pass (Shared): K and V of every (b, kv head) packed ONCE into AMX B-operand layouts
+//       Kp[(b,g)][S2p/16][D/2][16]          uint32 = (K[j][2q], K[j][2q+1])   ("VNNI" K^T)
+//       Vp[(b,g)][S2p/32][D16/16][16][16]   uint32 = (V[2p][d], V[2p+1][d])   ("VNNI" V)
+//     blocked so every AMX B tile (16 rows x 64 B) is one contiguous KiB (a row-major
+//     [D/2][S2p] K^T made tile rows 16 KiB apart: same L1 set, 16 pages; perf showed the QK
+//     tile loads dominating, dev/02_amx_pack_layout.txt)
+//     reused by every q-block and all G query heads of the kv head (O(S) memory, like the
+//     inputs; S2p = S2 rounded up to 32, D padded with zeros).
+//   S = Q K^T : 2x2 blocking of 16x16 fp32 C tiles (rows 32 x keys 32), TDPBF16PS over D.
+//   softmax   : AVX-512, degree-4 exp2 (rel err 2.7e-6: P in bf16 would take degree 3, but
+//               softmax_sum must meet the fp32 stats tolerance 2^-15), scale
+//               folded into one FMA; P written as bf16 (as FlashAttention does: P is rounded
+//               to bf16 before PV; the test suite checks the SPEC §11 error bound).
+//   O += P V  : C tiles loaded from / stored to the fp32 O accumulator, 2x2 blocking.
+// float16 inputs (EngineAmx<true>): no AMX-FP16 on this CPU and fp16 accumulation is not
+// acceptable, so every fp16 value is split exactly into two bf16 parts, x = hi + lo
+// (hi = bf16(x), lo = bf16(x - hi): 8 + 8 significant bits >= fp16's 11), and
+//   S  = Qh Kh + Qh Kl + Ql Kh            (Ql Kl ~ 2^-16 relative, dropped)
+//   O += Ph Vh + Ph Vl + Pl Vh            (P = Ph + Pl to ~2^-17)
+// three AMX passes per GEMM; still well ahead of fp32 FMA (dev/04_fp16_paths.txt).
+// Problems with fewer than kMinRows rows per kv head use the AVX-512 kernel (AMX tiles of 16
+// rows would be mostly padding, and the pre-pack would not amortise).
+//
+// Tiles: kBq 256 rows x kBk 256 keys: S 256 KiB + P 128 KiB + O 128 KiB (D=128) + Q 64 KiB
+// per core (2 MiB L2). 256 rows per pass over K/V: 4x128 rows x 2 B/key-elem K+V stream is
+// ~0.1 ms per task from L3 against ~0.27 ms of AMX work (machine-limits.md: Bq >= 100-128
+// needed when K/V come from L3).
+#define SA_NS fwd_amx_ns
+#include "cpu/fwd_driver.h"
+
+#include <array>
+
+#include "common/cpu_features.h"
 #include "cpu/fwd_kernels.h"
+
 namespace speedattn {
+namespace SA_NS {
+
+#include "cpu/tile/simd_avx512.h"
+
+struct alignas(64) TileConfig {
+  uint8_t palette = 1;
+  uint8_t start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+static inline void load_tile_config() {
+  TileConfig cfg;
+  for (int t = 0; t < 8; ++t) {
+    cfg.colsb[t] = 64;
+    cfg.rows[t] = 16;
+  }
+  _tile_loadconfig(&cfg);
+}
+
+// 16 elements of a bf16 or fp16 row as (hi, lo) bf16 halves (lo only for fp16: exact split).
+template <bool kSplit>
+static inline __m256i load_bf16x16(const uint16_t* src, __mmask16 k, __m256i* lo) {
+  if constexpr (!kSplit) {
+    return _mm256_maskz_loadu_epi16(k, src);
+  } else {
+    const __m512 x = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, src));
+    const __m256i hi = reinterpret_cast<const __m256i&>(static_cast<const __m256bh&>(_mm512_cvtneps_pbh(x)));
+    const __m512 xh = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(hi), 16));
+    const __m256bh l = _mm512_cvtneps_pbh(_mm512_sub_ps(x, xh));
+    *lo = reinterpret_cast<const __m256i&>(l);
+    return hi;
+  }
+}
+static inline __m512i join256(__m256i a, __m256i b) { return _mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1); }
+
+#ifndef SA_AMX_BQ
+#define SA_AMX_BQ 256
+#endif
+#ifndef SA_AMX_BK
+#define SA_AMX_BK 256
+#endif
+#ifndef SA_AMX_STRIP
+#define SA_AMX_STRIP 32  // with the overlap pipeline (dev/06); kBq without (dev/03_amx_strips.txt)
+#endif
+
+template <bool kSplit>
+struct EngineAmx {
+  static constexpr int kBq = SA_AMX_BQ, kBk = SA_AMX_BK;
+  static constexpr int kWords = 256 + 80;
+  static constexpr int64_t kPackKeys = 256;  // keys per pre-pass work item
+
+  struct Shared {
+    int64_t D = 0, Dp32 = 0, Dp16 = 0;
+    std::vector<int64_t> skvp, koff, voff;  // per (b, g): padded keys, word offsets
+    Buf kbuf, vbuf, klbuf, vlbuf;
+    uint32_t* kp = nullptr;
+    uint32_t* vp = nullptr;
+    uint32_t* kpl = nullptr;  // lo halves (fp16 split only)
+    uint32_t* vpl = nullptr;
+    explicit Shared(const Problem& p) : D(p.D), Dp32(round_up(p.D, 32)), Dp16(round_up(p.D, 16)) {
+      const int64_t BG = p.B * p.N2;
+      skvp.resize(size_t(p.B));
+      koff.resize(size_t(BG));
+      voff.resize(size_t(BG));
+      int64_t kw = 0, vw = 0;
+      std::vector<std::array<int64_t, 3>> units;  // (b, g, chunk start)
+      for (int64_t b = 0; b < p.B; ++b) {
+        const int64_t skv = p.skv[size_t(b)];
+        skvp[size_t(b)] = round_up(skv, 32);
+        const bool used = p.sq[size_t(b)] > 0;
+        for (int64_t g = 0; g < p.N2; ++g) {
+          koff[size_t(b * p.N2 + g)] = kw;
+          voff[size_t(b * p.N2 + g)] = vw;
+          if (!used) continue;
+          kw += Dp32 / 2 * skvp[size_t(b)];
+          vw += skvp[size_t(b)] / 2 * Dp16;
+          for (int64_t j = 0; j < skvp[size_t(b)]; j += kPackKeys) units.push_back({b, g, j});
+        }
+      }
+      kp = kbuf.get<uint32_t>(size_t(kw));
+      vp = vbuf.get<uint32_t>(size_t(vw));
+      if (kSplit) {
+        kpl = klbuf.get<uint32_t>(size_t(kw));
+        vpl = vlbuf.get<uint32_t>(size_t(vw));
+      }
+      parallel_for(int64_t(units.size()), [&](int64_t u, int) {
+        const auto [b, g, j0] = units[size_t(u)];
+        pack(p, b, g, j0, std::min(kPackKeys, skvp[size_t(b)] - j0));
+      });
+    }
+    void pack(const Problem& p, int64_t b, int64_t g, int64_t j0, int64_t nj) {
+      const int64_t skv = p.skv[size_t(b)], sp = skvp[size_t(b)];
+      const uint16_t* K = static_cast<const uint16_t*>(p.k.data);
+      const uint16_t* V = static_cast<const uint16_t*>(p.v.data);
+      const int64_t kb = b * p.k.sb + p.row0_kv[size_t(b)] * p.k.ss + g * p.k.sn;
+      const int64_t vb = b * p.v.sb + p.row0_kv[size_t(b)] * p.v.ss + g * p.v.sn;
+      uint32_t* kdst = kp + koff[size_t(b * p.N2 + g)];
+      uint32_t* vdst = vp + voff[size_t(b * p.N2 + g)];
+      uint32_t* kdstl = kSplit ? kpl + koff[size_t(b * p.N2 + g)] : nullptr;
+      uint32_t* vdstl = kSplit ? vpl + voff[size_t(b * p.N2 + g)] : nullptr;
+      // K: 16 keys x 16 d-pairs blocks, 32-bit transpose
+      for (int64_t j = j0; j < j0 + nj; j += 16) {
+        for (int64_t q0 = 0; q0 < Dp32 / 2; q0 += 16) {
+          __m512 r[16], rl[16];
+          const int64_t d0 = 2 * q0;
+          for (int jj = 0; jj < 16; ++jj) {
+            if (j + jj < skv) {
+              const uint16_t* row = K + kb + (j + jj) * p.k.ss + d0;
+              __m256i l0 = _mm256_setzero_si256(), l1 = _mm256_setzero_si256();
+              const __m256i h0 = load_bf16x16<kSplit>(row, lanes(D - d0), &l0);
+              const __m256i h1 = load_bf16x16<kSplit>(row + 16, lanes(D - d0 - 16), &l1);
+              r[jj] = _mm512_castsi512_ps(join256(h0, h1));
+              rl[jj] = _mm512_castsi512_ps(join256(l0, l1));
+            } else {
+              r[jj] = rl[jj] = _mm512_setzero_ps();
+            }
+          }
+          transpose16x16(r);
+          uint32_t* blk = kdst + (j / 16) * (Dp32 / 2) * 16;
+          for (int qq = 0; qq < 16; ++qq) _mm512_storeu_ps(reinterpret_cast<float*>(blk + (q0 + qq) * 16), r[qq]);
+          if (kSplit) {
+            transpose16x16(rl);
+            uint32_t* blkl = kdstl + (j / 16) * (Dp32 / 2) * 16;
+            for (int qq = 0; qq < 16; ++qq) _mm512_storeu_ps(reinterpret_cast<float*>(blkl + (q0 + qq) * 16), rl[qq]);
+          }
+        }
+      }
+      // V: key pairs interleaved per column
+      for (int64_t j = j0; j < j0 + nj; j += 2) {
+        for (int64_t d = 0; d < Dp16; d += 16) {
+          const __mmask16 kd = lanes(D - d);
+          __m256i al = _mm256_setzero_si256(), cl = _mm256_setzero_si256();
+          const __m256i a = j < skv ? load_bf16x16<kSplit>(V + vb + j * p.v.ss + d, kd, &al) : _mm256_setzero_si256();
+          const __m256i c =
+              j + 1 < skv ? load_bf16x16<kSplit>(V + vb + (j + 1) * p.v.ss + d, kd, &cl) : _mm256_setzero_si256();
+          const int64_t jp = j / 2, at = (jp / 16) * (Dp16 / 16) * 256 + (d / 16) * 256 + (jp % 16) * 16;
+          _mm512_storeu_si512(vdst + at, _mm512_or_si512(_mm512_cvtepu16_epi32(a),
+                                                         _mm512_slli_epi32(_mm512_cvtepu16_epi32(c), 16)));
+          if (kSplit)
+            _mm512_storeu_si512(vdstl + at, _mm512_or_si512(_mm512_cvtepu16_epi32(al),
+                                                            _mm512_slli_epi32(_mm512_cvtepu16_epi32(cl), 16)));
+        }
+      }
+    }
+  };
+
+  const Shared& sh;
+  int64_t D, Dp32, Dp16;
+  Buf bq, bql, bs, bp, bpl, bo, btmp;
+  uint16_t* Qb;  // [kBq][Dp32] bf16 (hi halves when split)
+  uint16_t* Ql;  // lo halves (split only)
+  float* S;      // [kBq][kBk]
+  uint16_t* P;   // [kBq][kBk] bf16 (hi halves when split)
+  uint16_t* Pl;  // lo halves (split only)
+  float* O;      // [kBq][Dp16]
+  float *tmp, *tmp2;
+  const uint32_t* kcur = nullptr;  // K pack at the block's first key
+  const uint32_t* vcur = nullptr;
+  const uint32_t* kcurl = nullptr;
+  const uint32_t* vcurl = nullptr;
+  int64_t kstride = 0;             // words per packed K row (S2p)
+  RowMeta meta_[kBq];
+  float m_[kBq], l_[kBq];
+  uint8_t cls_[kBq];
+  int kend_[kBq];
+  alignas(64) uint32_t words_[kWords];
+
+  EngineAmx(const Problem& p, const Shared& s)
+      : sh(s), D(p.D), Dp32(round_up(p.D, 32)), Dp16(round_up(p.D, 16)) {
+    Qb = bq.get<uint16_t>(size_t(kBq * Dp32));
+    Ql = kSplit ? bql.get<uint16_t>(size_t(kBq * Dp32)) : nullptr;
+    Pl = kSplit ? bpl.get<uint16_t>(size_t(kBq * kBk)) : nullptr;
+    S = bs.get<float>(size_t(kBq * kBk));
+    P = bp.get<uint16_t>(size_t(kBq * kBk));
+    O = bo.get<float>(size_t(kBq * Dp16));
+    tmp = btmp.get<float>(size_t(2 * Dp16));
+    tmp2 = tmp + Dp16;
+  }
+  // Rows per QK/softmax/PV strip: the whole q-block. 32-row strips (S of a strip in L1) were
+  // slower: qk 60->68, softmax 74->79, pv 61->89 ms thread-CPU (dev/03_amx_strips.txt).
+#ifndef SA_AMX_OVERLAP
+#define SA_AMX_OVERLAP 1
+#endif
+  static constexpr int kStrip = (SA_AMX_OVERLAP && !kSplit) ? SA_AMX_STRIP : kBq;
+  // Software-pipelined QK / softmax / PV over 32-row strips (fwd_driver.h), softmax rows
+  // interleaved with tile work: SA_AMX_FINE (default) one row per 8 TDPs, else two rows per
+  // 16 TDPs. +10% over no overlap (dev/06_amx_overlap.txt).
+  static constexpr bool kOverlap = SA_AMX_OVERLAP && !kSplit;
+#ifndef SA_AMX_FINE
+#define SA_AMX_FINE 1
+#endif
+  static constexpr int kRowsPerStep = SA_AMX_FINE ? 1 : 2;
+  RowMeta* meta() { return meta_; }
+  float* mvec() { return m_; }
+  float* lvec() { return l_; }
+  uint8_t* clsvec() { return cls_; }
+  int* kendvec() { return kend_; }
+  uint32_t* wordbuf() { return words_; }
+  float* tmprow() { return tmp; }
+  float* tmprow2() { return tmp2; }
+  float* orow(int r) { return O + r * Dp16; }
+  float* srow(int r) { return S + r * kBk; }
+
+  static void store_row(void* base, DType dt, int64_t off, const float* src, int64_t D) {
+    store_row_avx512(base, dt, off, src, D);
+  }
+
+  void begin_task(const Problem& p, int64_t b, int64_t, const RowMeta* rm, int R) {
+    load_tile_config();
+    const uint16_t* q = static_cast<const uint16_t*>(p.q.data);
+    const int R32 = int(round_up(R, 32));
+    for (int r = 0; r < R32; ++r) {
+      uint16_t* dst = Qb + r * Dp32;
+      uint16_t* dstl = kSplit ? Ql + r * Dp32 : nullptr;
+      const int64_t off = r < R ? b * p.q.sb + (p.row0_q[size_t(b)] + rm[r].i) * p.q.ss + rm[r].n * p.q.sn : 0;
+      for (int64_t d = 0; d < Dp32; d += 16) {
+        __m256i lo = _mm256_setzero_si256();
+        const __m256i hi = r < R ? load_bf16x16<kSplit>(q + off + d, lanes(D - d), &lo) : _mm256_setzero_si256();
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + d), hi);
+        if (kSplit) _mm256_storeu_si256(reinterpret_cast<__m256i*>(dstl + d), lo);
+      }
+    }
+    std::memset(O, 0, size_t(R32 * Dp16) * sizeof(float));
+  }
+  void end_task() { _tile_release(); }
+
+  void load_kv(const Problem& p, int64_t b, int64_t g, int64_t j0, int) {
+    kstride = sh.skvp[size_t(b)];
+    kcur = sh.kp + sh.koff[size_t(b * p.N2 + g)] + (j0 / 16) * (Dp32 / 2) * 16;
+    vcur = sh.vp + sh.voff[size_t(b * p.N2 + g)] + (j0 / 32) * (Dp16 / 16) * 256;
+    if (kSplit) {
+      kcurl = sh.kpl + sh.koff[size_t(b * p.N2 + g)] + (j0 / 16) * (Dp32 / 2) * 16;
+      vcurl = sh.vpl + sh.voff[size_t(b * p.N2 + g)] + (j0 / 32) * (Dp16 / 16) * 256;
+    }
+  }
+
+  // Keys of rows [r, r + n) that can be kept in this block, rounded up to 32 (kend_ is set by
+  // the driver; rows outside [rlo, rhi) have P = 0 and count as 0). Causal diagonal blocks
+  // then compute about half of their tiles.
+  int key_limit(int r, int n, int rlo, int rhi, int jn32) const {
+    int m = 0;
+    for (int i = std::max(r, rlo); i < std::min(r + n, rhi); ++i) m = std::max(m, kend_[i]);
+    return std::min(jn32, int(round_up(m, 32)));
+  }
+
+  // fp16 split: 16 rows x 32 keys per C pair; S = Qh Kh + Qh Kl + Ql Kh.
+  void qk_split(int r0s, int r1s, int jn32, int rlo, int rhi) {
+    const int64_t qs = Dp32 * 2, kbs = (Dp32 / 2) * 16;
+    for (int r = r0s; r < r1s; r += 16) {
+      const int jl = key_limit(r, 16, rlo, rhi, jn32);
+      for (int j = 0; j < jl; j += 32) {
+        _tile_zero(0);
+        _tile_zero(1);
+        for (int64_t k = 0; k < Dp32 / 32; ++k) {
+          const int64_t ko = (j / 16) * kbs + 256 * k;
+          _tile_loadd(2, Qb + r * Dp32 + 32 * k, qs);
+          _tile_loadd(3, Ql + r * Dp32 + 32 * k, qs);
+          _tile_loadd(4, kcur + ko, 64);
+          _tile_loadd(5, kcur + ko + kbs, 64);
+          _tile_loadd(6, kcurl + ko, 64);
+          _tile_loadd(7, kcurl + ko + kbs, 64);
+          _tile_dpbf16ps(0, 2, 4);
+          _tile_dpbf16ps(1, 2, 5);
+          _tile_dpbf16ps(0, 2, 6);
+          _tile_dpbf16ps(1, 2, 7);
+          _tile_dpbf16ps(0, 3, 4);
+          _tile_dpbf16ps(1, 3, 5);
+        }
+        _tile_stored(0, S + r * kBk + j, kBk * 4);
+        _tile_stored(1, S + r * kBk + j + 16, kBk * 4);
+      }
+    }
+  }
+
+  void qk(int rlo, int rhi, int jn) {
+    const int r0s = rlo & ~15, r1s = int(round_up(rhi, 16));
+    const int jn32 = int(round_up(jn, 32));
+    if constexpr (kSplit) {
+      qk_split(r0s, r1s, jn32, rlo, rhi);
+      return;
+    }
+    const int64_t ks = 64, qs = Dp32 * 2;
+    for (int r = r0s; r < r1s; r += 32) {
+      const bool two = r + 32 <= r1s;
+      const uint16_t* qa = Qb + r * Dp32;
+      const int jl = key_limit(r, 32, rlo, rhi, jn32);
+      for (int j = 0; j < jl; j += 32) {
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+        for (int64_t k = 0; k < Dp32 / 32; ++k) {
+          const uint32_t* kb = kcur + (j / 16) * (Dp32 / 2) * 16 + 256 * k;
+          _tile_loadd(4, qa + 32 * k, qs);
+          _tile_loadd(6, kb, ks);
+          _tile_loadd(7, kb + (Dp32 / 2) * 16, ks);
+          _tile_dpbf16ps(0, 4, 6);
+          _tile_dpbf16ps(1, 4, 7);
+          if (two) {
+            _tile_loadd(5, qa + 16 * Dp32 + 32 * k, qs);
+            _tile_dpbf16ps(2, 5, 6);
+            _tile_dpbf16ps(3, 5, 7);
+          }
+        }
+        float* s = S + r * kBk + j;
+        _tile_stored(0, s, kBk * 4);
+        _tile_stored(1, s + 16, kBk * 4);
+        if (two) {
+          _tile_stored(2, s + 16 * kBk, kBk * 4);
+          _tile_stored(3, s + 16 * kBk + 16, kBk * 4);
+        }
+      }
+    }
+  }
+
+  // QK of one strip (<= 32 rows, inside one aligned 32-row block), calling step() after each
+  // 32x32 block (16 TDPs).
+  template <class F>
+  void qk_overlap(int lo, int hi, int jn, F& step) {
+    const int r = lo & ~15, r1s = int(round_up(hi, 16));
+    const bool two = r + 32 <= r1s;
+    const int jn32 = int(round_up(jn, 32));
+    const int jl = key_limit(r, 32, lo, hi, jn32);
+    const uint16_t* qa = Qb + r * Dp32;
+    const int64_t qs = Dp32 * 2;
+    for (int j = 0; j < jl; j += 32) {
+      _tile_zero(0);
+      _tile_zero(1);
+      _tile_zero(2);
+      _tile_zero(3);
+      for (int64_t k = 0; k < Dp32 / 32; ++k) {
+        const uint32_t* kb = kcur + (j / 16) * (Dp32 / 2) * 16 + 256 * k;
+        _tile_loadd(4, qa + 32 * k, qs);
+        _tile_loadd(6, kb, 64);
+        _tile_loadd(7, kb + (Dp32 / 2) * 16, 64);
+        _tile_dpbf16ps(0, 4, 6);
+        _tile_dpbf16ps(1, 4, 7);
+        if (two) {
+          _tile_loadd(5, qa + 16 * Dp32 + 32 * k, qs);
+          _tile_dpbf16ps(2, 5, 6);
+          _tile_dpbf16ps(3, 5, 7);
+        }
+        if (SA_AMX_FINE && k % 2 == 1) step();
+      }
+      float* s = S + r * kBk + j;
+      _tile_stored(0, s, kBk * 4);
+      _tile_stored(1, s + 16, kBk * 4);
+      if (two) {
+        _tile_stored(2, s + 16 * kBk, kBk * 4);
+        _tile_stored(3, s + 16 * kBk + 16, kBk * 4);
+      }
+      if (!SA_AMX_FINE) step();
+    }
+  }
+  // PV of one strip, calling step() after every 16 TDPs.
+  template <class F>
+  void pv_overlap(int lo, int hi, int jn, F& step) {
+    const int r = lo & ~15, r1s = int(round_up(hi, 16));
+    for (int i = r; i < lo; ++i) zero_p(i, jn);
+    for (int i = hi; i < r1s; ++i) zero_p(i, jn);
+    const bool two = r + 32 <= r1s;
+    const int jn32 = int(round_up(jn, 32));
+    const int jl = key_limit(r, 32, lo, hi, jn32);
+    const int64_t os = Dp16 * 4, ps = kBk * 2;
+    for (int64_t d = 0; d < Dp16; d += 32) {
+      const bool twod = d + 32 <= Dp16;
+      float* o = O + r * Dp16 + d;
+      _tile_loadd(0, o, os);
+      if (twod) _tile_loadd(1, o + 16, os);
+      if (two) _tile_loadd(2, o + 16 * Dp16, os);
+      if (two && twod) _tile_loadd(3, o + 16 * Dp16 + 16, os);
+      for (int k = 0; k < jl; k += 32) {
+        const uint32_t* vb = vcur + (k / 32) * (Dp16 / 16) * 256 + (d / 16) * 256;
+        _tile_loadd(4, P + r * kBk + k, ps);
+        _tile_loadd(6, vb, 64);
+        _tile_dpbf16ps(0, 4, 6);
+        if (twod) {
+          _tile_loadd(7, vb + 256, 64);
+          _tile_dpbf16ps(1, 4, 7);
+        }
+        if (two) {
+          _tile_loadd(5, P + (r + 16) * kBk + k, ps);
+          _tile_dpbf16ps(2, 5, 6);
+          if (twod) _tile_dpbf16ps(3, 5, 7);
+        }
+        if (SA_AMX_FINE ? k % 64 == 32 : k % 128 == 96) step();
+      }
+      _tile_stored(0, o, os);
+      if (twod) _tile_stored(1, o + 16, os);
+      if (two) _tile_stored(2, o + 16 * Dp16, os);
+      if (two && twod) _tile_stored(3, o + 16 * Dp16 + 16, os);
+    }
+  }
+
+  void zero_p(int r, int jn) {
+    uint16_t* pr = P + r * kBk;
+    const int jn32 = int(round_up(jn, 32));
+    for (int j = 0; j < jn32; j += 32) _mm512_storeu_si512(pr + j, _mm512_setzero_si512());
+    if (kSplit)
+      for (int j = 0; j < jn32; j += 32) _mm512_storeu_si512(Pl + r * kBk + j, _mm512_setzero_si512());
+  }
+  void zero_p_from(int r, int from, int jn) {  // exp_row already zeroed up to from rounded to 32
+    const int jn32 = int(round_up(jn, 32));
+    for (int j = int(round_up(from, 32)); j < jn32; j += 32) {
+      _mm512_storeu_si512(P + r * kBk + j, _mm512_setzero_si512());
+      if (kSplit) _mm512_storeu_si512(Pl + r * kBk + j, _mm512_setzero_si512());
+    }
+  }
+  float row_max(const float* s, int jn) { return row_max_avx512(s, jn); }
+  float logits_row(const Problem& p, const RowMeta& rm, float* s, int64_t j0, int jn) {
+    return logits_row_avx512(p, rm, s, j0, jn);
+  }
+
+  // P (bf16) = exp2(x*c - mb), c = xs*log2e, mb = mn*log2e (one FMA); degree-4 exp2.
+  float exp_row(int r, int jn, float xs, float mn, bool general, const uint32_t* w, uint32_t thr) {
+    const float* s = srow(r);
+    uint16_t* pr = P + r * kBk;
+    const __m512 vc = _mm512_set1_ps(xs * kLog2e), vmb = _mm512_set1_ps(mn * kLog2e),
+                 vmasked = _mm512_set1_ps(kMasked);
+    const __m512i vthr = _mm512_set1_epi32(int32_t(thr));
+    __m512 sum0 = _mm512_setzero_ps(), sum1 = _mm512_setzero_ps();
+    const int jn32 = int(round_up(jn, 32));
+    if (!general && !w && !kSplit && jn == jn32) {  // hot path: no masks, no dropout, whole vectors
+      for (int j = 0; j < jn; j += 32) {
+        const __m512 p0 = exp2_ps<4>(_mm512_fmsub_ps(_mm512_loadu_ps(s + j), vc, vmb));
+        const __m512 p1 = exp2_ps<4>(_mm512_fmsub_ps(_mm512_loadu_ps(s + j + 16), vc, vmb));
+        sum0 = _mm512_add_ps(sum0, p0);
+        sum1 = _mm512_add_ps(sum1, p1);
+        const __m512bh pb = _mm512_cvtne2ps_pbh(p1, p0);
+        _mm512_storeu_si512(pr + j, reinterpret_cast<const __m512i&>(pb));
+      }
+      return _mm512_reduce_add_ps(_mm512_add_ps(sum0, sum1));
+    }
+    for (int j = 0; j < jn32; j += 32) {
+      const __mmask16 k0 = lanes(jn - j), k1 = lanes(jn - j - 16);
+      const __m512 x0 = _mm512_maskz_loadu_ps(k0, s + j), x1 = _mm512_maskz_loadu_ps(k1, s + j + 16);
+      __mmask16 m0 = k0, m1 = k1;
+      if (general) {
+        m0 &= _mm512_cmp_ps_mask(x0, vmasked, _CMP_NEQ_OQ);
+        m1 &= _mm512_cmp_ps_mask(x1, vmasked, _CMP_NEQ_OQ);
+      }
+      __m512 p0 = _mm512_maskz_mov_ps(m0, exp2_ps<4>(_mm512_fmsub_ps(x0, vc, vmb)));
+      __m512 p1 = _mm512_maskz_mov_ps(m1, exp2_ps<4>(_mm512_fmsub_ps(x1, vc, vmb)));
+      sum0 = _mm512_add_ps(sum0, p0);
+      sum1 = _mm512_add_ps(sum1, p1);
+      if (w) {
+        p0 = _mm512_maskz_mov_ps(_mm512_cmplt_epu32_mask(_mm512_maskz_loadu_epi32(k0, w + j), vthr), p0);
+        p1 = _mm512_maskz_mov_ps(_mm512_cmplt_epu32_mask(_mm512_maskz_loadu_epi32(k1, w + j + 16), vthr), p1);
+      }
+      const __m512bh pb = _mm512_cvtne2ps_pbh(p1, p0);  // low half = p0
+      const __m512i pbi = reinterpret_cast<const __m512i&>(pb);
+      _mm512_storeu_si512(pr + j, pbi);
+      if (kSplit) {  // P = Ph + Pl
+        const __m512 h0 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(pbi)), 16));
+        const __m512 h1 =
+            _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(pbi, 1)), 16));
+        const __m512bh pl = _mm512_cvtne2ps_pbh(_mm512_sub_ps(p1, h1), _mm512_sub_ps(p0, h0));
+        _mm512_storeu_si512(Pl + r * kBk + j, reinterpret_cast<const __m512i&>(pl));
+      }
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(sum0, sum1));
+  }
+
+  void scale_o(int r, float alpha) {
+    float* o = orow(r);
+    const __m512 a = _mm512_set1_ps(alpha);
+    for (int64_t d = 0; d < Dp16; d += 16) _mm512_storeu_ps(o + d, _mm512_mul_ps(_mm512_loadu_ps(o + d), a));
+  }
+
+  // fp16 split: O += Ph Vh + Ph Vl + Pl Vh, 16 rows x 32 columns per C pair.
+  void pv_split(int r0s, int r1s, int jn32, int rlo, int rhi) {
+    const int64_t os = Dp16 * 4, ps = kBk * 2;
+    for (int r = r0s; r < r1s; r += 16) {
+      const int jl = key_limit(r, 16, rlo, rhi, jn32);
+      for (int64_t d = 0; d < Dp16; d += 32) {
+        const bool twod = d + 32 <= Dp16;
+        float* o = O + r * Dp16 + d;
+        _tile_loadd(0, o, os);
+        if (twod) _tile_loadd(1, o + 16, os);
+        for (int k = 0; k < jl; k += 32) {
+          const int64_t vo = (k / 32) * (Dp16 / 16) * 256 + (d / 16) * 256;
+          _tile_loadd(2, P + r * kBk + k, ps);
+          _tile_loadd(3, Pl + r * kBk + k, ps);
+          _tile_loadd(4, vcur + vo, 64);
+          _tile_loadd(6, vcurl + vo, 64);
+          _tile_dpbf16ps(0, 2, 4);
+          _tile_dpbf16ps(0, 2, 6);
+          _tile_dpbf16ps(0, 3, 4);
+          if (twod) {
+            _tile_loadd(5, vcur + vo + 256, 64);
+            _tile_loadd(7, vcurl + vo + 256, 64);
+            _tile_dpbf16ps(1, 2, 5);
+            _tile_dpbf16ps(1, 2, 7);
+            _tile_dpbf16ps(1, 3, 5);
+          }
+        }
+        _tile_stored(0, o, os);
+        if (twod) _tile_stored(1, o + 16, os);
+      }
+    }
+  }
+
+  void pv(int rlo, int rhi, int jn) {
+    const int r0s = rlo & ~15, r1s = int(round_up(rhi, 16));
+    for (int r = r0s; r < rlo; ++r) zero_p(r, jn);
+    for (int r = rhi; r < r1s; ++r) zero_p(r, jn);
+    const int jn32 = int(round_up(jn, 32));
+    if constexpr (kSplit) {
+      pv_split(r0s, r1s, jn32, rlo, rhi);
+      return;
+    }
+    const int64_t os = Dp16 * 4, vs = 64, ps = kBk * 2;
+    for (int r = r0s; r < r1s; r += 32) {
+      const bool two = r + 32 <= r1s;
+      const int jl = key_limit(r, 32, rlo, rhi, jn32);
+      for (int64_t d = 0; d < Dp16; d += 32) {
+        const bool twod = d + 32 <= Dp16;
+        float* o = O + r * Dp16 + d;
+        _tile_loadd(0, o, os);
+        if (twod) _tile_loadd(1, o + 16, os);
+        if (two) _tile_loadd(2, o + 16 * Dp16, os);
+        if (two && twod) _tile_loadd(3, o + 16 * Dp16 + 16, os);
+        for (int k = 0; k < jl; k += 32) {
+          const uint32_t* vb = vcur + (k / 32) * (Dp16 / 16) * 256 + (d / 16) * 256;
+          _tile_loadd(4, P + r * kBk + k, ps);
+          _tile_loadd(6, vb, vs);
+          _tile_dpbf16ps(0, 4, 6);
+          if (twod) {
+            _tile_loadd(7, vb + 256, vs);
+            _tile_dpbf16ps(1, 4, 7);
+          }
+          if (two) {
+            _tile_loadd(5, P + (r + 16) * kBk + k, ps);
+            _tile_dpbf16ps(2, 5, 6);
+            if (twod) _tile_dpbf16ps(3, 5, 7);
+          }
+        }
+        _tile_stored(0, o, os);
+        if (twod) _tile_stored(1, o + 16, os);
+        if (two) _tile_stored(2, o + 16 * Dp16, os);
+        if (two && twod) _tile_stored(3, o + 16 * Dp16 + 16, os);
+      }
+    }
+  }
+
+  void gen_words(uint64_t seed, uint64_t off, uint64_t q0, int64_t nq, uint32_t* w) {
+    gen_words_avx512(seed, off, q0, nq, w);
+  }
+};
+
+}  // namespace SA_NS
+
 namespace cpu {
-void fwd_amx_bf16(const Problem& p) { fwd_avx512(p); }
+// Rows per kv head below which AMX is not used (one 16-row tile would be mostly padding and
+// the K/V pre-pack would cost as much as the attention itself).
+constexpr int64_t kMinRowsPerKvHead = 32;
+
+static bool use_amx(const Problem& p, DType want) {
+  int64_t max_sq = 0;
+  for (int64_t s : p.sq) max_sq = std::max(max_sq, s);
+  return p.dtype == want && max_sq * p.G >= kMinRowsPerKvHead && request_amx_permission();
+}
+
+void fwd_amx_bf16(const Problem& p) {
+  if (use_amx(p, DType::bfloat16)) SA_NS::forward<SA_NS::EngineAmx<false>>(p);
+  else fwd_avx512(p);
+}
+
+void fwd_amx_fp16(const Problem& p) {
+  if (use_amx(p, DType::float16)) SA_NS::forward<SA_NS::EngineAmx<true>>(p);
+  else fwd_avx512(p);
+}
 }  // namespace cpu
 }  // namespace speedattn

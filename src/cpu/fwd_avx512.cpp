@@ -108,6 +108,7 @@ struct EngineAvx512 {
   RowMeta meta_[kBq];
   float m_[kBq], l_[kBq];
   uint8_t cls_[kBq];
+  int kend_[kBq];
   alignas(64) uint32_t words_[kWords];
 
   EngineAvx512(const Problem& prob, const Shared&) : D(prob.D), Dp(round_up(prob.D, 16)) {
@@ -119,10 +120,17 @@ struct EngineAvx512 {
     tmp = btmp.get<float>(size_t(2 * Dp));
     tmp2 = tmp + Dp;
   }
+  static constexpr int kStrip = kBq;
+  static constexpr bool kOverlap = false;  // no QK/softmax/PV software pipeline
+  static constexpr int kRowsPerStep = 1;
+  template <class F> void qk_overlap(int, int, int, F&) {}
+  template <class F> void pv_overlap(int, int, int, F&) {}  // rows per QK/softmax/PV strip (fwd_driver.h)
   RowMeta* meta() { return meta_; }
+  void end_task() {}
   float* mvec() { return m_; }
   float* lvec() { return l_; }
   uint8_t* clsvec() { return cls_; }
+  int* kendvec() { return kend_; }
   uint32_t* wordbuf() { return words_; }
   float* tmprow() { return tmp; }
   float* tmprow2() { return tmp2; }
@@ -130,7 +138,7 @@ struct EngineAvx512 {
   float* srow(int r) { return S + r * kBk; }
 
   static void store_row(void* base, DType dt, int64_t off, const float* src, int64_t D) {
-    for (int64_t d = 0; d < D; ++d) store_elem(base, dt, off + d, src[d]);
+    store_row_avx512(base, dt, off, src, D);
   }
 
   void begin_task(const Problem& p, int64_t b, int64_t, const RowMeta* rm, int R) {
@@ -179,6 +187,7 @@ struct EngineAvx512 {
   }
 
   void zero_p(int r, int jn) { std::memset(srow(r), 0, size_t(jn) * sizeof(float)); }
+  void zero_p_from(int r, int from, int jn) { std::memset(srow(r) + from, 0, size_t(jn - from) * sizeof(float)); }
   float row_max(const float* s, int jn) { return row_max_avx512(s, jn); }
   float logits_row(const Problem& p, const RowMeta& rm, float* s, int64_t j0, int jn) {
     return logits_row_avx512(p, rm, s, j0, jn);

@@ -446,6 +446,32 @@ struct Partials {
   float* o_at(int64_t slot, int64_t r) const { return o + (slot * rows + r) * D; }
 };
 
+// ---- optional phase profile (dev builds with -DSA_PROFILE; prints TSC cycles at exit) ------
+#ifdef SA_PROFILE
+#include <time.h>
+#include <cstdio>
+inline unsigned long long sa_thread_ns() {
+  timespec ts;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return (unsigned long long)ts.tv_sec * 1000000000ull + (unsigned long long)ts.tv_nsec;
+}
+#define SA_PROFILE_STR(x) #x
+#define SA_PROFILE_NAME(x) SA_PROFILE_STR(x)
+struct PhaseProfile {
+  unsigned long long c[4] = {0, 0, 0, 0};
+  ~PhaseProfile() {
+    std::fprintf(stderr, "[profile %s] thread-CPU ms: classify+load %.1f qk %.1f softmax %.1f pv %.1f\n", SA_PROFILE_NAME(SA_NS),
+                 c[0] * 1e-6, c[1] * 1e-6, c[2] * 1e-6, c[3] * 1e-6);
+  }
+};
+inline PhaseProfile g_profile;
+#define SA_TICK(k) do { const unsigned long long _t = sa_thread_ns(); __atomic_fetch_add(&g_profile.c[k], _t - _t0, __ATOMIC_RELAXED); _t0 = _t; } while (0)
+#define SA_TICK_START unsigned long long _t0 = sa_thread_ns()
+#else
+#define SA_TICK(k) do {} while (0)
+#define SA_TICK_START do {} while (0)
+#endif
+
 // ---- one task -----------------------------------------------------------------------------
 template <class E>
 void run_task(const Problem& p, const Task& t, E& e, const Partials* parts) {
@@ -459,6 +485,7 @@ void run_task(const Problem& p, const Task& t, E& e, const Partials* parts) {
   float* m = e.mvec();
   float* l = e.lvec();
   uint8_t* cls = e.clsvec();
+  int* kend = e.kendvec();
   for (int r = 0; r < R; ++r) {
     m[r] = kMasked;
     l[r] = 0.f;
@@ -471,6 +498,7 @@ void run_task(const Problem& p, const Task& t, E& e, const Partials* parts) {
   uint32_t* words = e.wordbuf();
 
   for (int64_t j0 = t.kv0; j0 < t.kv1; j0 += E::kBk) {
+    SA_TICK_START;
     const int64_t jn = std::min<int64_t>(E::kBk, t.kv1 - j0), j1 = j0 + jn;
     int rlo = R, rhi = 0;
     for (int r = 0; r < R; ++r) {
@@ -482,6 +510,9 @@ void run_task(const Problem& p, const Task& t, E& e, const Partials* parts) {
       }
       if (c == kFull && !plain_ok) c = kPartial;
       cls[r] = c;
+      // keys of this block the row can keep (band/causal right edge); engines may skip the
+      // key tiles of a row block beyond the block's largest kend (their P is 0)
+      kend[r] = c == kNone ? 0 : int(std::clamp<int64_t>(rm[r].last_end() - j0, 0, jn));
       if (c != kNone) {
         rlo = std::min(rlo, r);
         rhi = r + 1;
@@ -489,21 +520,24 @@ void run_task(const Problem& p, const Task& t, E& e, const Partials* parts) {
     }
     if (rlo >= rhi) continue;
     e.load_kv(p, b, t.g, j0, int(jn));
-    e.qk(rlo, rhi, int(jn));
-    for (int r = rlo; r < rhi; ++r) {
+    SA_TICK(0);
+    // The online-softmax update of one row of the block (S row -> P row, m, l, O rescale).
+    auto softmax_row = [&](int r) {
       if (cls[r] == kNone) {
         e.zero_p(r, int(jn));
-        continue;
+        return;
       }
       float* s = e.srow(r);
       float mx, xs;
       bool general;
+      int jr = int(jn);  // keys of the row's softmax pass; P[jr, jn) is zeroed
       if (cls[r] == kFull) {
         mx = e.row_max(s, int(jn)) * scale;
         xs = scale;
         general = false;
       } else {
-        mx = e.logits_row(p, rm[r], s, j0, int(jn));
+        jr = kend[r];
+        mx = e.logits_row(p, rm[r], s, j0, jr);
         xs = 1.f;
         general = true;
       }
@@ -511,7 +545,7 @@ void run_task(const Problem& p, const Task& t, E& e, const Partials* parts) {
       const float mn = std::max(mo, mx);
       if (mn == kMasked) {  // nothing kept in this row so far: contributes nothing
         e.zero_p(r, int(jn));
-        continue;
+        return;
       }
       const uint32_t* w = nullptr;
       if (p.dropout) {
@@ -521,7 +555,8 @@ void run_task(const Problem& p, const Task& t, E& e, const Partials* parts) {
         e.gen_words(uint64_t(p.rng.seed), uint64_t(p.rng.offset), q0, nq, words);
         w = words + (e0 & 3);
       }
-      const float sum = e.exp_row(r, int(jn), xs, mn, general, w, p.keep_threshold);
+      const float sum = e.exp_row(r, jr, xs, mn, general, w, p.keep_threshold);
+      if (jr < jn) e.zero_p_from(r, jr, int(jn));
       if (mn != mo && l[r] != 0.f) {
         const float alpha = std::exp(mo - mn);
         e.scale_o(r, alpha);
@@ -529,10 +564,49 @@ void run_task(const Problem& p, const Task& t, E& e, const Partials* parts) {
       }
       l[r] += sum;
       m[r] = mn;
+    };
+    const int a0 = rlo / E::kStrip * E::kStrip;
+    if constexpr (E::kOverlap) {
+      // Software pipeline over row strips k (AMX): iteration k runs QK(strip k) and PV(strip
+      // k-2) on the tiles while the vector units do the softmax of strip k-1, interleaved at
+      // ~16-TDP granularity (the engine calls `step` between tile groups), so the out-of-order
+      // core overlaps TMUL and AVX-512 work. Strips touched by one iteration are disjoint rows.
+      const int ns = (rhi - a0 + E::kStrip - 1) / E::kStrip;
+      for (int k = 0; k < ns + 2; ++k) {
+        int next = rhi, end = rhi;
+        if (k >= 1 && k - 1 < ns) {
+          next = std::max(a0 + (k - 1) * E::kStrip, rlo);
+          end = std::min(a0 + k * E::kStrip, rhi);
+        }
+        auto step = [&]() {
+          for (int c = 0; c < E::kRowsPerStep && next < end; ++c) softmax_row(next++);
+        };
+        if (k < ns) {
+          const int s0 = a0 + k * E::kStrip;
+          e.qk_overlap(std::max(s0, rlo), std::min(s0 + E::kStrip, rhi), int(jn), step);
+        }
+        if (k >= 2) {
+          const int s0 = a0 + (k - 2) * E::kStrip;
+          e.pv_overlap(std::max(s0, rlo), std::min(s0 + E::kStrip, rhi), int(jn), step);
+        }
+        while (next < end) softmax_row(next++);
+      }
+      SA_TICK(3);
+    } else {
+      // Row strips of E::kStrip (aligned): QK, softmax and PV of a strip run back to back.
+      for (int s0 = a0; s0 < rhi; s0 += E::kStrip) {
+        const int lo = std::max(s0, rlo), hi = std::min(s0 + E::kStrip, rhi);
+        e.qk(lo, hi, int(jn));
+        SA_TICK(1);
+        for (int r = lo; r < hi; ++r) softmax_row(r);
+        SA_TICK(2);
+        e.pv(lo, hi, int(jn));
+        SA_TICK(3);
+      }
     }
-    e.pv(rlo, rhi, int(jn));
   }
 
+  e.end_task();
   float* tmp = e.tmprow();
   for (int r = 0; r < R; ++r) {
     float* o = e.orow(r);

@@ -28,6 +28,7 @@ struct EnginePortable {
   RowMeta meta_[kBq];
   float m_[kBq], l_[kBq];
   uint8_t cls_[kBq];
+  int kend_[kBq];
   uint32_t words_[kWords];
 
   EnginePortable(const Problem& prob, const Shared&) : p(prob), D(prob.D), Dp(round_up(prob.D, 16)) {
@@ -39,10 +40,17 @@ struct EnginePortable {
     tmp = btmp.get<float>(size_t(2 * Dp));
     tmp2 = tmp + Dp;
   }
+  static constexpr int kStrip = kBq;
+  static constexpr bool kOverlap = false;  // no QK/softmax/PV software pipeline
+  static constexpr int kRowsPerStep = 1;
+  template <class F> void qk_overlap(int, int, int, F&) {}
+  template <class F> void pv_overlap(int, int, int, F&) {}  // rows per QK/softmax/PV strip (fwd_driver.h)
   RowMeta* meta() { return meta_; }
+  void end_task() {}
   float* mvec() { return m_; }
   float* lvec() { return l_; }
   uint8_t* clsvec() { return cls_; }
+  int* kendvec() { return kend_; }
   uint32_t* wordbuf() { return words_; }
   float* tmprow() { return tmp; }
   float* tmprow2() { return tmp2; }
@@ -113,6 +121,7 @@ struct EnginePortable {
   }
 
   void zero_p(int r, int jn) { std::memset(srow(r), 0, size_t(jn) * sizeof(float)); }
+  void zero_p_from(int r, int from, int jn) { std::memset(srow(r) + from, 0, size_t(jn - from) * sizeof(float)); }
 
   float row_max(const float* s, int jn) {
     float mx[16];

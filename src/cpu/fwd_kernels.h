@@ -16,6 +16,8 @@ void fwd_avx2(const Problem& p);
 void fwd_avx512(const Problem& p);
 // AMX-BF16 for bfloat16 inputs (falls back to fwd_avx512 for tiny row counts).
 void fwd_amx_bf16(const Problem& p);
+// AMX-BF16 for float16 inputs via an exact hi/lo bf16 split (3 tile passes per GEMM).
+void fwd_amx_fp16(const Problem& p);
 
 }  // namespace cpu
 }  // namespace speedattn

@@ -7,8 +7,9 @@
 # Library build: the existing build tree $BUILD_DIR (default build/cpp, the one `make build`
 # creates) is brought up to date and installed; without one, a library-only build tree is
 # configured under $WORK/lib. Everything goes under $WORK (default build/example):
-# install/ (the prefix), app/ (the example's build). Exit status: the example's (0 = results
-# match its naive loops).
+# install/ (the prefix), app/ (the example's build). The example runs twice: with the best
+# kernels and with SPEEDATTN_MAX_ISA=scalar. Exit status 0 iff both match its naive loops.
+# Env: BUILD_DIR, WORK, CMAKE (default .venv/bin/cmake, else cmake), JOBS.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -24,6 +25,7 @@ if command -v ninja >/dev/null 2>&1 || [ -x .venv/bin/ninja ]; then
   [ -x .venv/bin/ninja ] && export PATH="$ROOT/.venv/bin:$PATH"
 fi
 JOBS="${JOBS:-$(nproc 2>/dev/null || echo 2)}"
+case "$WORK" in /*) ;; *) WORK="$ROOT/$WORK" ;; esac
 
 if [ ! -f "$BUILD_DIR/CMakeCache.txt" ]; then
   BUILD_DIR="$WORK/lib"
@@ -34,7 +36,7 @@ fi
 echo "== building the library ($BUILD_DIR)"
 "$CMAKE" --build "$BUILD_DIR" -j "$JOBS" --target speedattn
 
-PREFIX="$ROOT/$WORK/install"
+PREFIX="$WORK/install"
 rm -rf "$PREFIX"
 echo "== installing into $PREFIX"
 "$CMAKE" --install "$BUILD_DIR" --prefix "$PREFIX" >/dev/null
@@ -53,3 +55,5 @@ grep -F -- "-- speedattn" "$WORK/app-configure.log" || true
 
 echo "== running the example"
 "$WORK/app/speedattn_example"
+echo "== running the example with SPEEDATTN_MAX_ISA=scalar (the portable kernels)"
+SPEEDATTN_MAX_ISA=scalar "$WORK/app/speedattn_example"

@@ -332,21 +332,21 @@ def run_backward_check(sa, spec: Spec, backend):
         backend=backend, **built.kwargs)
     assert len(grads) == 4, f"{what}: expected (dq, dk, dv, dpse)"
     dq, dk, dv, dpse = grads
-    rq, rk, rv, rp = twin.backward(built.q, built.k, built.v, dy, built.head_num, spec.layout,
-                                   attention_in=out, seed=as_int(seed), offset=as_int(offset),
-                                   **built.twin_kwargs)
-    for name, got, ref, src in (("dq", dq, rq, built.q), ("dk", dk, rk, built.k),
-                                ("dv", dv, rv, built.v)):
+    (rq, rk, rv, rp), (mq, mk, mv, mp) = twin.backward(
+        built.q, built.k, built.v, dy, built.head_num, spec.layout, attention_in=out,
+        seed=as_int(seed), offset=as_int(offset), magnitudes=True, **built.twin_kwargs)
+    for name, got, ref, mag, src in (("dq", dq, rq, mq, built.q), ("dk", dk, rk, mk, built.k),
+                                     ("dv", dv, rv, mv, built.v)):
         assert tuple(got.shape) == tuple(src.shape), f"{what}: {name} shape"
         assert dtype_of(got) == spec.dtype, f"{what}: {name} dtype {got.dtype}"
-        twin.assert_close(got, ref, spec.dtype, f"{what} {name}")
+        twin.assert_close(got, ref, spec.dtype, f"{what} {name}", magnitude=mag)
     pse = built.kwargs.get("pse")
     if pse is None:
         assert tuple(dpse.shape) == (0,), f"{what}: dpse shape {tuple(dpse.shape)} without pse"
     else:
         assert tuple(dpse.shape) == tuple(pse.shape), f"{what}: dpse shape"
         assert dtype_of(dpse) == dtype_of(pse), f"{what}: dpse dtype {dpse.dtype}"
-        twin.assert_close(dpse, rp, dtype_of(pse), f"{what} dpse")
+        twin.assert_close(dpse, rp, dtype_of(pse), f"{what} dpse", magnitude=mp)
     return built, res, grads
 
 

@@ -59,6 +59,15 @@ def test_info_reports_isa_cap():
     assert facts["isa_cap"] == "scalar"
 
 
+def test_info_invalid_isa_cap():
+    env = dict(os.environ, SPEEDATTN_MAX_ISA="bogus")
+    r = _run("info", env=env)
+    assert r.returncode == 1
+    assert "SPEEDATTN_MAX_ISA" in r.stdout and "bogus" in r.stdout and "Traceback" not in r.stderr
+    r = _run("info", "--json", env=env)
+    assert r.returncode == 1 and "bogus" in json.loads(r.stdout)["error"]
+
+
 def test_no_command_prints_help(cli, capsys):
     assert cli.main([]) == 2
     out = capsys.readouterr().out

@@ -124,6 +124,22 @@ TARGETED = [
          mask="template", pre=1, nxt=0, seed=28),
     Spec(layout="TND", seqs=((0, 0), (0, 3), (4, 7), (3, 5)), N1=1, N2=1, D=8, mode=8,
          mask="template", pre=0, nxt=1, seed=29),
+    # larger shapes crossing the kernels' q/kv blocks with every kind of mask
+    Spec(layout="BNSD", B=1, N1=2, N2=1, S1=150, S2=270, D=16, mode=0, mask="B1", density=0.2,
+         pre=60, nxt=25, pse="t1", dtype="bfloat16", seed=31),
+    Spec(layout="BSND", B=2, N1=2, N2=2, S1=140, S2=140, D=8, mode=5, mask="BN", density=0.05,
+         prefix=(70, 3), dtype="float16", seed=32),
+    Spec(layout="BSH", B=2, N1=1, N2=1, S1=300, S2=130, D=8, mode=6, mask="template",
+         prefix=(0, 77), seed=33),
+    Spec(layout="TND", seqs=((130, 200), (0, 0), (70, 70), (5, 260)), N1=2, N2=1, D=16,
+         mode=7, mask="template", pre=33, nxt=4, keep_prob=0.9, dtype="bfloat16", seed=34),
+    Spec(layout="TND", seqs=((0, 5), (130, 200), (70, 70), (5, 260)), N1=2, N2=1, D=16,
+         mode=8, mask="template", pre=20, nxt=50, pse="t2", seed=35),
+    Spec(layout="TND", seqs=((129, 129), (64, 300), (200, 65)), N1=3, N2=1, D=8, mode=0,
+         mask="2d", density=0.1, pre=50, nxt=3, pse="t3", inner_precise=2, seed=36),
+    # inner_precise 1 behaves like 0 (uniform rows)
+    Spec(layout="BNSD", B=2, N1=2, N2=2, S1=9, S2=6, D=8, mode=0, mask="BN", density=0.5,
+         empty_rows=True, inner_precise=1, seed=37),
     # dropout through the full grid machinery
     Spec(layout="TND", seqs=((5, 7), (0, 0), (3, 4)), N1=2, N2=1, D=8, keep_prob=0.6,
          seed=30),
@@ -249,3 +265,32 @@ def test_oracle_tolerance_definition():
     with pytest.raises(AssertionError):
         twin.assert_close(ref + 0.01, ref, "float16", "x")
     twin.assert_close(ref.astype(np.float16), ref, "float16", "x")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32"])
+def test_cancellation_exposes_intermediate_precision(sa, backend, dtype):
+    """SPEC section 1 says all arithmetic is float32 or wider. Two keys with logits delta and 0
+    and V = (+64, -64) give out = 64 * (P0 - P1) = 64 * tanh(delta / 2): the probabilities'
+    error is amplified by 1 / (P0 - P1), so an intermediate rounded to the input dtype (e.g. P
+    or exp(x - max) rounded to bfloat16 before the P.V product) shows up as several ulps of
+    error, while float32 intermediates stay far inside the SPEC section 11 tolerance."""
+    d = twin.np_dtype(dtype)
+    rng = np.random.default_rng(0)
+    S1 = 32
+    delta = rng.uniform(0.01, 0.2, S1).astype(d)
+    q = delta.reshape(1, 1, S1, 1)
+    k = np.array([1, 0], dtype=d).reshape(1, 1, 2, 1)
+    v = np.array([64, -64], dtype=d).reshape(1, 1, 2, 1)
+    out = sa.speed_fusion_attention(q, k, v, 1, "BNSD", scale=1.0, backend=backend)[0]
+    ref = twin.forward(q, k, v, 1, "BNSD", scale=1.0)[0]
+    twin.assert_close(out, ref, dtype, f"[{backend}] cancelling P.V, {dtype}")
+
+
+def test_random_bf16_causal_alibi_case(sa):
+    """Found by a randomized sweep (auto backend, bfloat16, D = 1): row 8 came out as -0.5234375
+    where the float64 reference is -0.52013 (bf16 neighbours -0.51953125 / -0.5234375)."""
+    spec = Spec(layout="BSH", B=1, N1=2, N2=2, S1=127, S2=129, D=1, dtype="bfloat16", mode=2,
+                mask="template", pse="t3", pse_b1=True, scale=0.125, seed=200935)
+    for backend in BACKENDS:
+        run_forward_check(sa, spec, backend)

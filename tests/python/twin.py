@@ -12,11 +12,12 @@ forward(q, k, v, head_num, layout, **options)
     rounded to the input dtype (use round_to / tolerance to compare). softmax_max / softmax_sum are
     (B, N1, S1, 8) for BSH/SBH/BSND/BNSD, or (T1, N1, 8) with Ascend's per-sequence head-major data
     order for TND (SPEC section 6).
-backward(q, k, v, dy, head_num, layout, *, attention_in=None, **options)
+backward(q, k, v, dy, head_num, layout, *, attention_in=None, magnitudes=False, **options)
     -> (dq, dk, dv, dpse), float64 (dpse has pse's shape, (0,) without pse). Dsum uses
     `attention_in` (the forward's stored, rounded output) when given, else the twin's own exact out.
+    magnitudes=True returns ((dq, dk, dv, dpse), (their term magnitudes)) for tolerance().
 philox4x32_10(ctr, key) / dropout_keep(seed, offset, e, keep_prob): SPEC section 7.
-round_to(x, dtype), tolerance(ref, dtype), assert_close(got, ref, dtype, what): SPEC section 11.
+round_to(x, dtype), tolerance(ref, dtype, magnitude), assert_close(...): SPEC section 11.
 
 Options are those of the library (pse, atten_mask, scale, keep_prob, pre_tokens, next_tokens,
 inner_precise, prefix, actual_seq_qlen, actual_seq_kvlen, sparse_mode, pse_type, q_start_idx,
@@ -161,34 +162,46 @@ def np_dtype(name):
 
 # Tolerance (SPEC section 11): the library must match the float64 reference to within twice the
 # error of the reference rounded to the output dtype. Per tensor:
-#     tol = 2 * max|round_dtype(ref) - ref| + FLOOR_REL * max|ref| + FLOOR_ABS
-# The floor models the float32 arithmetic SPEC section 1 prescribes ("float32 or wider"): 256
-# float32 ulps (2^-15 ~ 3.05e-5) of the tensor's largest magnitude, plus 1e-6 absolute for
-# tensors that are (nearly) all zero. It is the same for every dtype because the internal
-# arithmetic is float32 in every case; for float16/bfloat16 outputs the rounding term dominates.
-# For float32 outputs the floor dominates (the rounding term alone is ~1 ulp and cannot be met by
-# any float32 accumulation). Why "twice": if the library's float32 result is within delta of ref
-# and then rounded, |got - ref| <= |round(ref) - ref| + 2*delta elementwise.
+#     tol = 2 * max|round_dtype(ref) - ref|            (the SPEC's rounding term)
+#           + FLOOR_REL * max|ref|                      (float32 arithmetic on the result's scale)
+#           + FLOOR_MAG * max(magnitude)                (float32 cancellation, gradients only)
+#           + FLOOR_ABS
+# The floor models the float32 arithmetic SPEC section 1 prescribes ("float32 or wider"), which
+# no float32 implementation can beat; it is the same for every dtype because the internal
+# arithmetic is float32 in every case. For float16/bfloat16 outputs the rounding term dominates;
+# for float32 outputs the floor does (the rounding term alone is ~1 ulp).
+# - FLOOR_REL = 2^-15 (256 float32 ulps) of the tensor's largest magnitude.
+# - FLOOR_MAG = 2^-23 (ONE float32 ulp) of the largest "term magnitude" (the same sums evaluated
+#   on absolute values, twin.backward(magnitudes=True)). A float32 sum's error scales with
+#   sum|terms|, not with a cancelled result: dS = P * (dP - Dsum) is exactly 0 when a row keeps a
+#   single key, yet every float32 evaluation leaves ~eps32 * |dP| there, which dQ = scale*dS K
+#   then carries. Without this term such cancelled gradients would need better than float32.
+# - FLOOR_ABS = 1e-6 for tensors that are (nearly) all zero.
+# Why "twice": if the library's float32 result is within delta of ref and then rounded,
+# |got - ref| <= |round(ref) - ref| + 2*delta elementwise.
 FLOOR_REL = 2.0**-15
+FLOOR_MAG = 2.0**-23
 FLOOR_ABS = 1e-6
 
 
-def tolerance(ref, dtype):
+def tolerance(ref, dtype, magnitude=None):
     ref = np.asarray(ref, dtype=np.float64)
     if ref.size == 0:
         return 0.0
     amax = float(np.max(np.abs(ref)))
-    return 2.0 * float(np.max(np.abs(round_to(ref, dtype) - ref))) + FLOOR_REL * amax + FLOOR_ABS
+    mag = float(np.max(np.abs(magnitude))) if magnitude is not None and np.size(magnitude) else 0
+    return (2.0 * float(np.max(np.abs(round_to(ref, dtype) - ref))) + FLOOR_REL * amax
+            + FLOOR_MAG * mag + FLOOR_ABS)
 
 
-def assert_close(got, ref, dtype, what=""):
+def assert_close(got, ref, dtype, what="", magnitude=None):
     got = to64(got)
     ref = np.asarray(ref, dtype=np.float64)
     assert got.shape == ref.shape, f"{what}: shape {got.shape} != expected {ref.shape}"
     if ref.size == 0:
         return
     assert np.all(np.isfinite(got)), f"{what}: non-finite values in result"
-    tol = tolerance(ref, dtype)
+    tol = tolerance(ref, dtype, magnitude)
     err = np.abs(got - ref)
     worst = int(np.argmax(err))
     assert err.flat[worst] <= tol, (
@@ -436,48 +449,58 @@ class _Pse:
         self.grad = None if self.pse is None else np.zeros_like(self.pse)
 
     # --- types 0/1: an explicit tensor -------------------------------------------------------
-    def _index(self, b, n, sq, skv):
-        """(bb, n, rows(sq,skv), cols(sq,skv), valid) for reading/accumulating type 0/1 pse."""
-        p = self.pse
-        bb = 0 if p.shape[0] == 1 else b
-        i = np.arange(sq)[:, None] + np.zeros((1, skv), dtype=np.int64)
-        j = np.arange(skv)[None, :] + np.zeros((sq, 1), dtype=np.int64)
-        R, S2 = p.shape[2], p.shape[3]
-        if self.P.layout != "TND" and R == 1024 and sq == skv and sq > 1024:
-            t = sq - 1024
-            rows = np.where(i >= t, i - t, i % 1024)
-            cols = np.where(i >= t, j, j - i + (i % 1024) + (skv - 1024))
-            valid = (cols >= 0) & (cols < S2)
-            return bb, rows, np.clip(cols, 0, S2 - 1), valid
-        if R == 1:
-            rows = np.zeros_like(i)
-        else:
-            rows = i
-        return bb, rows, j, np.ones((sq, skv), dtype=bool)
+    def _compressed(self, sq, skv):
+        return (self.P.layout != "TND" and self.pse.shape[2] == 1024 and sq == skv
+                and sq > 1024)
+
+    def _cindex(self, sq, skv):
+        """Compressed form (SPEC section 5): with t = S1 - 1024, row i >= t reads c[i - t][j];
+        row i < t reads c[i mod 1024][j - i + (i mod 1024) + (S2 - 1024)].
+        Returns rows (sq, 1), cols (sq, skv) clipped, valid (sq, skv)."""
+        t = sq - 1024
+        i = np.arange(sq)[:, None]
+        j = np.arange(skv)[None, :]
+        rows = np.where(i >= t, i - t, i % 1024)
+        cols = np.where(i >= t, j, j - i + (i % 1024) + (skv - 1024))
+        valid = (cols >= 0) & (cols < self.pse.shape[3])
+        return rows, np.clip(cols, 0, self.pse.shape[3] - 1), valid
+
+    def _bb(self, b):
+        return 0 if self.pse.shape[0] == 1 else b
 
     def bias(self, b, n, sq, skv):
-        """The additive term for logits before the mask, and its multiplier: x = scale*qk +
-        bias (types 0, 2, 3) or scale*(qk + bias) (type 1)."""
+        """The bias term: x = scale*qk + bias (types 0, 2, 3) or scale*(qk + bias) (type 1).
+        Full (S1 rows) and row-broadcast (1 row) forms read pse[b|0, n, i|0, j]."""
         if self.type in (2, 3):
             return -self.slope(b, n) * self.dist(sq, skv)
-        bb, rows, cols, valid = self._index(b, n, sq, skv)
-        val = self.pse[bb, n][rows, cols]
-        return np.where(valid, val, 0.0)
+        p = self.pse[self._bb(b), n]
+        if self._compressed(sq, skv):
+            rows, cols, valid = self._cindex(sq, skv)
+            return np.where(valid, p[rows, cols], 0.0)
+        return np.broadcast_to(p[:sq, :skv] if p.shape[0] != 1 else p[:1, :skv], (sq, skv))
 
     def accumulate(self, b, n, sq, skv, dlogit_bias, keep):
-        """dlogit_bias: d(loss)/d(bias) (sq, skv), zero at masked positions."""
+        """Adjoint of bias(): dlogit_bias is d(loss)/d(bias) (sq, skv); only kept positions
+        contribute (SPEC section 9)."""
         if self.grad is None:
             return
+        g = np.where(keep, dlogit_bias, 0.0)
         if self.type in (2, 3):
-            g = -float(np.sum(dlogit_bias * self.dist(sq, skv)))
+            val = -float(np.sum(g * self.dist(sq, skv)))
             if self.pse.ndim == 1:
-                self.grad[n] += g
+                self.grad[n] += val
             else:
-                self.grad[b, n] += g
+                self.grad[b, n] += val
             return
-        bb, rows, cols, valid = self._index(b, n, sq, skv)
-        sel = valid & keep
-        np.add.at(self.grad[bb, n], (rows[sel], cols[sel]), dlogit_bias[sel])
+        acc = self.grad[self._bb(b), n]
+        if self._compressed(sq, skv):
+            rows, cols, valid = self._cindex(sq, skv)
+            sel = valid & keep
+            np.add.at(acc, (np.broadcast_to(rows, sel.shape)[sel], cols[sel]), g[sel])
+        elif acc.shape[0] == 1:
+            acc[0, :skv] += g.sum(axis=0)
+        else:
+            acc[:sq, :skv] += g
 
     # --- types 2/3: internal ALiBi --------------------------------------------------------------
     def slope(self, b, n):
@@ -512,7 +535,9 @@ def _setup(q, k, v, head_num, layout, opts):
     P = _Problem(q64, k64, v64, head_num, layout, o["actual_seq_qlen"], o["actual_seq_kvlen"])
     mask = o["atten_mask"]
     if mask is not None:
-        mask = to64(mask).astype(bool)
+        mask = to64(mask) if hasattr(mask, "detach") else np.asarray(mask)
+        if mask.dtype != np.bool_:
+            mask = mask != 0
     o["atten_mask"] = mask
     pse = o["pse"]
     if pse is not None and int(o["pse_type"]) not in (0, 1, 2, 3):
@@ -585,7 +610,14 @@ def numels(q, k, v, head_num, layout, actual_seq_qlen=None, actual_seq_kvlen=Non
     return P.numels()
 
 
-def backward(q, k, v, dy, head_num, layout, *, attention_in=None, **opts):
+def backward(q, k, v, dy, head_num, layout, *, attention_in=None, magnitudes=False, **opts):
+    """(dq, dk, dv, dpse) in float64 (SPEC section 9).
+
+    With magnitudes=True, also returns a 4-tuple of same-shaped "term magnitude" arrays: the same
+    sums evaluated on absolute values (|dS| replaced by P * (|dY| |V|^T * drop + |dY . Y|),
+    then |dS| |K|, |dS|^T |Q|, |P'|^T |dY|). They bound the size of the terms a float32
+    evaluation adds up, which is the scale of its rounding error even where the result cancels
+    to (almost) zero -- see tolerance(..., magnitude=) and FLOOR_MAG."""
     for name in ("softmax_max", "softmax_sum", "softmax_in", "numels"):
         opts.pop(name, None)  # the twin recomputes P exactly; Dsum uses attention_in
     P, o = _setup(q, k, v, head_num, layout, dict(opts))
@@ -599,33 +631,59 @@ def backward(q, k, v, dy, head_num, layout, *, attention_in=None, **opts):
     Po = _Problem(out64, to64(k), to64(v), head_num, layout,
                   o["actual_seq_qlen"], o["actual_seq_kvlen"])
     dqs, dks, dvs = [], [], []
+    mqs, mks, mvs = [], [], []
     ps = o["_pse"]
+    ps_mag = None
+    if ps is not None and magnitudes:
+        ps_mag = _Pse(P, opts.get("pse"), o["pse_type"], o["q_start_idx"], o["kv_start_idx"])
     for b in range(P.B):
         sq, skv = P.sq[b], P.skv[b]
         dq_b = np.zeros((P.N1, sq, P.D))
         dk_b = np.zeros((P.N2, skv, P.D))
         dv_b = np.zeros((P.N2, skv, P.D))
+        mq_b, mk_b, mv_b = np.zeros_like(dq_b), np.zeros_like(dk_b), np.zeros_like(dv_b)
         for n in range(P.N1):
             h = _head_pass(P, o, b, n)
             dY, Y = Pd.qs[b][n], Po.qs[b][n]
             prob, drop, keep = h["prob"], h["drop"], h["keep"]
             valid = ~h["invalid"]
+            live = keep & valid[:, None]
             pdrop = prob * drop * valid[:, None]
             dv_b[h["g"]] += pdrop.T @ dY
             dP = (dY @ h["V"].T) * drop
             dsum = np.sum(dY * Y, axis=1)
             dS = prob * (dP - dsum[:, None])
-            dS = np.where(keep & valid[:, None], dS, 0.0)
+            dS = np.where(live, dS, 0.0)
             dq_b[n] = h["scale"] * dS @ h["K"]
             dk_b[h["g"]] += h["scale"] * dS.T @ h["Q"]
             if ps is not None:
                 gb = h["scale"] * dS if ps.type == 1 else dS
-                ps.accumulate(b, n, sq, skv, gb, keep & valid[:, None])
+                ps.accumulate(b, n, sq, skv, gb, live)
+            if magnitudes:
+                sc = abs(h["scale"])
+                aS = prob * ((np.abs(dY) @ np.abs(h["V"]).T) * drop
+                             + np.sum(np.abs(dY * Y), axis=1)[:, None])
+                aS = np.where(live, aS, 0.0)
+                mv_b[h["g"]] += np.abs(pdrop).T @ np.abs(dY)
+                mq_b[n] = sc * aS @ np.abs(h["K"])
+                mk_b[h["g"]] += sc * aS.T @ np.abs(h["Q"])
+                if ps_mag is not None:
+                    # (slopes: accumulate() adds -sum(g * dist), so pass -|dS| to get +)
+                    g_mag = sc * aS if ps.type == 1 else (-aS if ps.type in (2, 3) else aS)
+                    ps_mag.accumulate(b, n, sq, skv, g_mag, live)
         dqs.append(dq_b)
         dks.append(dk_b)
         dvs.append(dv_b)
+        mqs.append(mq_b)
+        mks.append(mk_b)
+        mvs.append(mv_b)
     dpse = ps.grad if ps is not None else np.zeros((0,))
-    return P.assemble_q(dqs), P.assemble_k(dks), P.assemble_k(dvs), dpse
+    grads = (P.assemble_q(dqs), P.assemble_k(dks), P.assemble_k(dvs), dpse)
+    if not magnitudes:
+        return grads
+    mpse = np.abs(ps_mag.grad) if ps_mag is not None else np.zeros((0,))
+    mags = (P.assemble_q(mqs), P.assemble_k(mks), P.assemble_k(mvs), mpse)
+    return grads, mags
 
 
 # ----------------------------------------------------------------------------------------------

@@ -7,7 +7,13 @@
 #include <immintrin.h>
 
 // Lane mask of the first n (0..16) lanes.
-static inline __mmask16 lanes(int64_t n) { return n >= 16 ? __mmask16(0xffff) : __mmask16((1u << n) - 1u); }
+static inline __mmask16 lanes(int64_t n) {
+  return n >= 16 ? __mmask16(0xffff) : n <= 0 ? __mmask16(0) : __mmask16((1u << n) - 1u);
+}
+// Lane mask of the first n (0..32) 16-bit lanes.
+static inline __mmask32 lanes32(int64_t n) {
+  return n >= 32 ? __mmask32(0xffffffffu) : n <= 0 ? __mmask32(0) : __mmask32((1u << n) - 1u);
+}
 
 // 16 (or n, zero-filled) elements of a dtype row as fp32.
 static inline __m512 load16(const void* base, DType dt, int64_t off, __mmask16 k) {
@@ -26,7 +32,29 @@ static inline void load_row_f32(const void* base, DType dt, int64_t off, float* 
   for (int64_t d = 0; d < Dp; d += 16) _mm512_store_ps(dst + d, load16(base, dt, off + d, lanes(D - d)));
 }
 
-// 2^t for t <= 0 (clamped at 2^-126). Degree DEG in {3, 5} (tile/exp2_poly.h).
+// Round a fp32 row once to dt and store it (bit-identical to store_elem: bf16 by integer
+// round-to-nearest-even with quiet NaNs, fp16 by the IEEE hardware conversion).
+static inline void store_row_avx512(void* base, DType dt, int64_t off, const float* src, int64_t D) {
+  for (int64_t d = 0; d < D; d += 16) {
+    const __mmask16 k = lanes(D - d);
+    const __m512 x = _mm512_maskz_loadu_ps(k, src + d);
+    if (dt == DType::float32) {
+      _mm512_mask_storeu_ps(static_cast<float*>(base) + off + d, k, x);
+    } else if (dt == DType::float16) {
+      _mm256_mask_storeu_epi16(static_cast<uint16_t*>(base) + off + d, k,
+                               _mm512_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    } else {
+      const __m512i u = _mm512_castps_si512(x);
+      const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+      __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
+      const __mmask16 nan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
+      r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40)));
+      _mm256_mask_storeu_epi16(static_cast<uint16_t*>(base) + off + d, k, _mm512_cvtepi32_epi16(r));
+    }
+  }
+}
+
+// 2^t for t <= 0 (clamped at 2^-126). Degree DEG in {3, 4, 5} (tile/exp2_poly.h).
 template <int DEG>
 static inline __m512 exp2_ps(__m512 t) {
   t = _mm512_max_ps(t, _mm512_set1_ps(exp2c::kMinArg));
@@ -37,6 +65,12 @@ static inline __m512 exp2_ps(__m512 t) {
     p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(exp2c::d3[2]));
     p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(exp2c::d3[1]));
     p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(exp2c::d3[0]));
+  } else if constexpr (DEG == 4) {
+    p = _mm512_set1_ps(exp2c::d4[4]);
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(exp2c::d4[3]));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(exp2c::d4[2]));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(exp2c::d4[1]));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(exp2c::d4[0]));
   } else {
     p = _mm512_set1_ps(exp2c::d5[5]);
     p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(exp2c::d5[4]));
