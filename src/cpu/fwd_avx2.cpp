@@ -10,6 +10,6 @@ namespace SA_NS {
 }  // namespace SA_NS
 
 namespace cpu {
-void fwd_avx2(const Problem& p) { SA_NS::forward<SA_NS::EnginePortable<64, 256>>(p); }
+void fwd_avx2(const Problem& p) { SA_NS::forward<SA_NS::EnginePortable<128, 256>>(p); }
 }  // namespace cpu
 }  // namespace speedattn

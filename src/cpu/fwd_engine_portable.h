@@ -99,18 +99,21 @@ struct EnginePortable {
       for (int jj = jn; jj < jn16; ++jj) Kt[d * kBk + jj] = 0.f;
   }
 
-  // S[r][0..jn16) = Q[r] . Kt[:, j]
+  // S[r][0..jn16) = Q[r] . Kt[:, j]. Row tails read a clamped (duplicate) row and discard
+  // it, so the inner loops have no conditionals and the 4 x 16 accumulators stay in registers.
   void qk(int rlo, int rhi, int jn) {
     const int jn16 = int(round_up(jn, 16));
     constexpr int RB = 4;
     for (int r0 = rlo; r0 < rhi; r0 += RB) {
       const int rb = std::min(RB, rhi - r0);
+      const float* qrow[RB];
+      for (int rr = 0; rr < RB; ++rr) qrow[rr] = Q + std::min(r0 + rr, rhi - 1) * Dp;
       for (int j = 0; j < jn16; j += 16) {
         float acc[RB][16] = {};
         for (int64_t d = 0; d < D; ++d) {
           const float* kt = Kt + d * kBk + j;
           for (int rr = 0; rr < RB; ++rr) {
-            const float qv = rr < rb ? Q[(r0 + rr) * Dp + d] : 0.f;
+            const float qv = qrow[rr][d];
             for (int k = 0; k < 16; ++k) acc[rr][k] += qv * kt[k];
           }
         }
@@ -186,19 +189,21 @@ struct EnginePortable {
     for (int64_t d = 0; d < Dp; ++d) o[d] *= alpha;
   }
 
-  // O[r] += sum_j P[r][j] V[j]
+  // O[r] += sum_j P[r][j] V[j] (row tails as in qk)
   void pv(int rlo, int rhi, int jn) {
     constexpr int RB = 4;
     for (int r0 = rlo; r0 < rhi; r0 += RB) {
       const int rb = std::min(RB, rhi - r0);
+      const float* prow[RB];
+      for (int rr = 0; rr < RB; ++rr) prow[rr] = S + std::min(r0 + rr, rhi - 1) * kBk;
       for (int64_t d0 = 0; d0 < Dp; d0 += 16) {
         float acc[RB][16];
         for (int rr = 0; rr < RB; ++rr)
-          for (int k = 0; k < 16; ++k) acc[rr][k] = rr < rb ? O[(r0 + rr) * Dp + d0 + k] : 0.f;
+          for (int k = 0; k < 16; ++k) acc[rr][k] = O[std::min(r0 + rr, rhi - 1) * Dp + d0 + k];
         for (int j = 0; j < jn; ++j) {
           const float* vr = V + j * Dp + d0;
           for (int rr = 0; rr < RB; ++rr) {
-            const float pj = rr < rb ? S[(r0 + rr) * kBk + j] : 0.f;
+            const float pj = prow[rr][j];
             for (int k = 0; k < 16; ++k) acc[rr][k] += pj * vr[k];
           }
         }

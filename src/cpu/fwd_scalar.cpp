@@ -11,6 +11,6 @@ namespace SA_NS {
 }  // namespace SA_NS
 
 namespace cpu {
-void fwd_scalar(const Problem& p) { SA_NS::forward<SA_NS::EnginePortable<64, 128>>(p); }
+void fwd_scalar(const Problem& p) { SA_NS::forward<SA_NS::EnginePortable<128, 128>>(p); }
 }  // namespace cpu
 }  // namespace speedattn
