@@ -82,7 +82,7 @@ cpp-build: $(VENV)/.stamp-venv
 test: build
 	$(MAKE) --no-print-directory cpp-test
 	$(MAKE) --no-print-directory python-test
-	@# (further test steps go here)
+	CMAKE=$(CMAKE) BUILD_DIR=$(BUILD_DIR) JOBS=$(JOBS) bash tests/examples/run_cpp_example.sh
 
 cpp-test: cpp-build
 	$(CTEST) --test-dir $(BUILD_DIR) --output-on-failure -j $(JOBS)

@@ -10,13 +10,14 @@ cd "$ROOT"
 SECS="${1:-1800}"
 shift || true
 bash fuzz/build.sh >/dev/null
+BIN="${FUZZ_BUILD_DIR:-build/fuzz}/fuzz_api"
 mkdir -p build/fuzz/work build/fuzz/artifacts build/fuzz/logs
 CPU="${FUZZ_CPU:-$(( $(nproc) - 1 ))}"
 LOG="build/fuzz/logs/run-$(date +%Y%m%d-%H%M%S).log"
 echo "fuzz: ${SECS}s on cpu ${CPU}, log ${LOG}"
 start=$(date +%s)
 set +e
-timeout "$SECS" nice -n 19 taskset -c "$CPU" build/fuzz/fuzz_api build/fuzz/work fuzz/corpus \
+timeout "$SECS" nice -n 19 taskset -c "$CPU" "$BIN" build/fuzz/work fuzz/corpus \
   -max_len=512 -len_control=0 -timeout=60 -rss_limit_mb=6000 -print_final_stats=1 \
   -artifact_prefix=build/fuzz/artifacts/ "$@" >"$LOG" 2>&1
 rc=$?

@@ -7,26 +7,34 @@
 
 namespace speedattn {
 
+// x86-only kernels (their files compile to nothing elsewhere); the scalar ones build anywhere.
+#if defined(__x86_64__) || defined(_M_X64)
+#define SA_X86(...) __VA_ARGS__
+#else
+#define SA_X86(...)
+#endif
+
 const std::vector<ForwardKernel>& forward_kernels() {
   static const std::vector<ForwardKernel> k = {
       // bfloat16: AMX tiles for QK^T and PV (P rounded to bf16), AVX-512 softmax.
-      {"fwd_amx_bf16", Isa::amx, DType::bfloat16, &cpu::fwd_amx_bf16},
-      {"fwd_avx512_bf16", Isa::avx512, DType::bfloat16, &cpu::fwd_avx512},
-      {"fwd_avx2_bf16", Isa::avx2, DType::bfloat16, &cpu::fwd_avx2},
+      SA_X86({"fwd_amx_bf16", Isa::amx, DType::bfloat16, &cpu::fwd_amx_bf16},
+             {"fwd_avx512_bf16", Isa::avx512, DType::bfloat16, &cpu::fwd_avx512},
+             {"fwd_avx2_bf16", Isa::avx2, DType::bfloat16, &cpu::fwd_avx2},)
       {"fwd_scalar_bf16", Isa::scalar, DType::bfloat16, &cpu::fwd_scalar},
       // float16: never fp16 accumulation. AMX: exact hi/lo bf16 split, 3 passes per GEMM;
       // otherwise fp32 compute (converted on load).
-      {"fwd_amx_fp16", Isa::amx, DType::float16, &cpu::fwd_amx_fp16},
-      {"fwd_avx512_fp16", Isa::avx512, DType::float16, &cpu::fwd_avx512},
-      {"fwd_avx2_fp16", Isa::avx2, DType::float16, &cpu::fwd_avx2},
+      SA_X86({"fwd_amx_fp16", Isa::amx, DType::float16, &cpu::fwd_amx_fp16},
+             {"fwd_avx512_fp16", Isa::avx512, DType::float16, &cpu::fwd_avx512},
+             {"fwd_avx2_fp16", Isa::avx2, DType::float16, &cpu::fwd_avx2},)
       {"fwd_scalar_fp16", Isa::scalar, DType::float16, &cpu::fwd_scalar},
       // float32: FMA micro-kernels.
-      {"fwd_avx512_fp32", Isa::avx512, DType::float32, &cpu::fwd_avx512},
-      {"fwd_avx2_fp32", Isa::avx2, DType::float32, &cpu::fwd_avx2},
+      SA_X86({"fwd_avx512_fp32", Isa::avx512, DType::float32, &cpu::fwd_avx512},
+             {"fwd_avx2_fp32", Isa::avx2, DType::float32, &cpu::fwd_avx2},)
       {"fwd_scalar_fp32", Isa::scalar, DType::float32, &cpu::fwd_scalar},
   };
   return k;
 }
+#undef SA_X86
 
 // Backward kernels: listed in src/cpu/bwd_registry.cpp (best first within each dtype).
 const std::vector<BackwardKernel>& backward_kernels() {

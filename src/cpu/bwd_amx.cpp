@@ -14,8 +14,8 @@
 //   end: dK^T / dV^T transposed to rows, uniform rows added to dV, rounded once.
 // Qc/dYc (rows, bf16) and QT/dYT (transposed, [n][D][row]) are packed once per call in a
 // parallel pass (O(S*D)). Requires D % 32 == 0 (tile K step); other D run bwd_avx512.
-// P' and dS are rounded to bf16 for the products (as every bf16 flash backward does); all
-// accumulation is fp32.
+// P' and dS enter the products as exact hi + lo bf16 pairs (a plain bf16 P' / dS, as
+// PyTorch / FlashAttention use, misses the SPEC §11 tolerance); all accumulation is fp32.
 #include <immintrin.h>
 #include <unistd.h>
 
@@ -54,8 +54,12 @@ inline void load_tile_config() {
 // C[M x N] (+)= A[M x K] . B[K x N]: bf16 A row-major (row stride lda bytes), B as VNNI
 // pairs [K/2][N][2] (row stride ldb bytes), fp32 C (row stride ldc bytes). M, N, K multiples
 // of 32; 2 x 2 C tiles (tmm0-3) per pass, A in tmm4-5, B in tmm6-7.
+// A2 / B2 (optional, same layout as A / B): C += A2 . B and C += A . B2 as well (the lo
+// halves of an exact hi + lo bf16 split).
 inline void amx_gemm(int M, int N, int K, const void* A, int64_t lda, const void* B, int64_t ldb, void* C, int64_t ldc,
-                     bool load_c) {
+                     bool load_c, const void* A2 = nullptr, const void* B2 = nullptr) {
+  const char* a2 = static_cast<const char*>(A2);
+  const char* b2 = static_cast<const char*>(B2);
   const char* a = static_cast<const char*>(A);
   const char* bb = static_cast<const char*>(B);
   char* c = static_cast<char*>(C);
@@ -83,6 +87,22 @@ inline void amx_gemm(int M, int N, int K, const void* A, int64_t lda, const void
         _tile_dpbf16ps(1, 4, 7);
         _tile_dpbf16ps(2, 5, 6);
         _tile_dpbf16ps(3, 5, 7);
+        if (b2) {
+          _tile_loadd(6, b2 + (k / 2) * ldb + n * 4, ldb);
+          _tile_loadd(7, b2 + (k / 2) * ldb + (n + 16) * 4, ldb);
+          _tile_dpbf16ps(0, 4, 6);
+          _tile_dpbf16ps(1, 4, 7);
+          _tile_dpbf16ps(2, 5, 6);
+          _tile_dpbf16ps(3, 5, 7);
+        }
+        if (a2) {
+          _tile_loadd(4, a2 + m * lda + k * 2, lda);
+          _tile_loadd(5, a2 + (m + 16) * lda + k * 2, lda);
+          _tile_dpbf16ps(0, 4, 6);
+          _tile_dpbf16ps(1, 4, 7);
+          _tile_dpbf16ps(2, 5, 6);
+          _tile_dpbf16ps(3, 5, 7);
+        }
       }
       _tile_stored(0, c00, ldc);
       _tile_stored(1, c00 + 64, ldc);
@@ -131,16 +151,22 @@ inline void amx_prepare(Shared& sh) {
 
 struct AmxWorker : Worker<AmxBase> {
   Buf bkvd, bvvd, bkjv, bpv, bdsv, bdsr, bdkt, bdvt, bdql;
-  uint16_t *KVd, *VVd, *Kjv, *Pv, *dSv, *dSr;
+  // P' and dS as exact-ish bf16 pairs hi + lo (hi = bf16(x), lo = bf16(x - hi): 16
+  // significand bits, rel. error <= 2^-17): a single bf16 P' / dS exceeds the SPEC §11
+  // tolerance on long rows (dev/bwd_02_amx.md).
+  uint16_t *KVd, *VVd, *Kjv, *Pv, *dSv, *dSr, *Pv2, *dSv2, *dSr2;
   float *dKT, *dVT, *dQl;
 
   AmxWorker(const Problem& prob, Shared& s) : Worker<AmxBase>(prob, s) {
     KVd = bkvd.get<uint16_t>(size_t(D * kBk));
     VVd = bvvd.get<uint16_t>(size_t(D * kBk));
     Kjv = bkjv.get<uint16_t>(size_t(kBk * D));
-    Pv = bpv.get<uint16_t>(size_t(kBq * kBk));
-    dSv = bdsv.get<uint16_t>(size_t(kBq * kBk));
-    dSr = bdsr.get<uint16_t>(size_t(kBq * kBk));
+    Pv = bpv.get<uint16_t>(size_t(2 * kBq * kBk));
+    dSv = bdsv.get<uint16_t>(size_t(2 * kBq * kBk));
+    dSr = bdsr.get<uint16_t>(size_t(2 * kBq * kBk));
+    Pv2 = Pv + kBq * kBk;
+    dSv2 = dSv + kBq * kBk;
+    dSr2 = dSr + kBq * kBk;
     dKT = bdkt.get<float>(size_t(D * kBk));
     dVT = bdvt.get<float>(size_t(D * kBk));
     dQl = bdql.get<float>(size_t(kBq * D));
@@ -164,10 +190,22 @@ struct AmxWorker : Worker<AmxBase> {
         const __m512 b0 = _mm512_maskz_loadu_ps(v0 ? m : 0, d0 + j), b1 = _mm512_maskz_loadu_ps(v1 ? m : 0, d1 + j);
         const __m512i pa = __m512i(_mm512_cvtne2ps_pbh(a1, a0));  // [row r | row r+1]
         const __m512i pb = __m512i(_mm512_cvtne2ps_pbh(b1, b0));
-        _mm512_storeu_si512(Pv + (r / 2) * kBk * 2 + j * 2, _mm512_permutexvar_epi16(inter, pa));
-        _mm512_storeu_si512(dSv + (r / 2) * kBk * 2 + j * 2, _mm512_permutexvar_epi16(inter, pb));
+        // lo halves: x - float(hi) (exact in fp32), rounded to bf16
+        const __m512 ha0 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(pa)), 16));
+        const __m512 ha1 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(pa, 1)), 16));
+        const __m512 hb0 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(pb)), 16));
+        const __m512 hb1 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(pb, 1)), 16));
+        const __m512i la = __m512i(_mm512_cvtne2ps_pbh(_mm512_sub_ps(a1, ha1), _mm512_sub_ps(a0, ha0)));
+        const __m512i lb = __m512i(_mm512_cvtne2ps_pbh(_mm512_sub_ps(b1, hb1), _mm512_sub_ps(b0, hb0)));
+        const int64_t vo = (r / 2) * kBk * 2 + j * 2;
+        _mm512_storeu_si512(Pv + vo, _mm512_permutexvar_epi16(inter, pa));
+        _mm512_storeu_si512(dSv + vo, _mm512_permutexvar_epi16(inter, pb));
+        _mm512_storeu_si512(Pv2 + vo, _mm512_permutexvar_epi16(inter, la));
+        _mm512_storeu_si512(dSv2 + vo, _mm512_permutexvar_epi16(inter, lb));
         _mm256_storeu_si256(reinterpret_cast<__m256i*>(dSr + r * kBk + j), _mm512_castsi512_si256(pb));
         _mm256_storeu_si256(reinterpret_cast<__m256i*>(dSr + (r + 1) * kBk + j), _mm512_extracti64x4_epi64(pb, 1));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(dSr2 + r * kBk + j), _mm512_castsi512_si256(lb));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(dSr2 + (r + 1) * kBk + j), _mm512_extracti64x4_epi64(lb, 1));
       }
     }
   }
@@ -209,9 +247,9 @@ struct AmxWorker : Worker<AmxBase> {
         amx_gemm(Rp, jp, int(D), dyc + prow * D, D * 2, VVd, kBk * 4, dP, kBk * 4, false);
         grad_rows(b, n, g, ib, rlo, R, j0, jn, S, dP, kBk, sl);
         convert(R, Rp, jn, jp);
-        amx_gemm(int(D), jp, Rp, dyt + prow, Tqp * 2, Pv, kBk * 4, dVT, kBk * 4, true);
-        amx_gemm(int(D), jp, Rp, qt + prow, Tqp * 2, dSv, kBk * 4, dKT, kBk * 4, true);
-        amx_gemm(Rp, int(D), jp, dSr, kBk * 2, Kjv, D * 4, dQl, D * 4, false);
+        amx_gemm(int(D), jp, Rp, dyt + prow, Tqp * 2, Pv, kBk * 4, dVT, kBk * 4, true, nullptr, Pv2);
+        amx_gemm(int(D), jp, Rp, qt + prow, Tqp * 2, dSv, kBk * 4, dKT, kBk * 4, true, nullptr, dSv2);
+        amx_gemm(Rp, int(D), jp, dSr, kBk * 2, Kjv, D * 4, dQl, D * 4, false, dSr2, nullptr);
         for (int r = 0; r < R; ++r) {
           float* dst = sh.dq_row(c, n, b, ib + r);
           const float* src = dQl + r * D;

@@ -447,12 +447,7 @@ struct Worker {
       }
       if (sh.ucount[size_t(b * p.N1 + n)] > 0) uniform_rows(b, n, j0, jn);
     }
-    void* dk = const_cast<void*>(p.dk.data);
-    void* dv = const_cast<void*>(p.dv.data);
-    for (int jj = 0; jj < jn; ++jj) {
-      store_row_f32(dk, p.dtype, op_off(p, p.dk, true, b, g, j0 + jj), dKa + jj * Dp, D);
-      store_row_f32(dv, p.dtype, op_off(p, p.dv, true, b, g, j0 + jj), dVa + jj * Dp, D);
-    }
+    store_kv(b, g, j0, jn);
   }
 
   // Classifies rows i0 .. i0+ni of (b, n) against keys [j0, j0+jn) into cls[] (kNone: no
@@ -524,7 +519,12 @@ struct Worker {
 
   // Stores the finished dK / dV rows of a kv block (dKa / dVa, jn x Dp fp32), rounded once.
   void store_kv(int64_t b, int64_t g, int64_t j0, int jn) {
-    store_kv(b, g, j0, jn);
+    void* dk = const_cast<void*>(p.dk.data);
+    void* dv = const_cast<void*>(p.dv.data);
+    for (int jj = 0; jj < jn; ++jj) {
+      store_row_f32(dk, p.dtype, op_off(p, p.dk, true, b, g, j0 + jj), dKa + jj * Dp, D);
+      store_row_f32(dv, p.dtype, op_off(p, p.dv, true, b, g, j0 + jj), dVa + jj * Dp, D);
+    }
   }
 
   int64_t dpse_row_base(int64_t b, int64_t n, int64_t i) const {

@@ -10,6 +10,7 @@
 // Tiles: kBq 128 rows x kBk 256 keys. At D=128: S 128 KiB, K^T 128 KiB, V 128 KiB,
 // O 64 KiB, Q 64 KiB = 512 KiB per core, inside the 2 MiB L2; Bq >= 14 suffices for fp32
 // from L2 (machine-limits.md), Bq = 128 amortises the K^T transpose (1/128 of the FMAs).
+#if defined(__x86_64__) || defined(_M_X64)  // x86-only file (the registry lists it only there)
 #define SA_NS fwd_avx512_ns
 #include "cpu/fwd_driver.h"
 #include "cpu/fwd_kernels.h"
@@ -224,3 +225,4 @@ namespace cpu {
 void fwd_avx512(const Problem& p) { SA_NS::forward<SA_NS::EngineAvx512>(p); }
 }  // namespace cpu
 }  // namespace speedattn
+#endif  // x86-64

@@ -1,7 +1,7 @@
 // The portable forward kernel: fwd_driver.h + the plain-C++ fp32 engine, baseline flags.
-// Builds on any architecture (no intrinsics). Tile sizes: kBq 64 rows x kBk 128 keys keep
-// S (32 KiB) + Kt/V (D=128: 64 KiB each) in L2; the scalar path is a correctness fallback,
-// not tuned.
+// Builds on any architecture (no intrinsics). Tile sizes: kBq 128 rows x kBk 128 keys keep
+// S (64 KiB) + Kt/V (D=128: 64 KiB each) in L2 and halve the per-row cost of the strided K^T
+// transpose against 64 rows; the scalar path is a correctness fallback, not tuned.
 #define SA_NS fwd_scalar_ns
 #include "cpu/fwd_driver.h"
 

@@ -274,3 +274,31 @@ def test_oracle_gradient_term_magnitudes_bound_the_gradients():
             assert np.all(m >= np.abs(g) - 1e-12)
         if S2 == 1:
             assert np.max(np.abs(grads[0])) < 1e-12 < np.max(mags[0])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32"])
+def test_backward_cancellation_exposes_intermediate_precision(sa, backend, dtype):
+    """SPEC section 1: all arithmetic in float32 or wider. Two nearly identical query rows with
+    dy = (+64, -64): dV[j] = 64 * (P'[0, j] - P'[1, j]) and dK cancel likewise, so probabilities
+    (or dS) rounded to the input dtype before the matrix products show up as many ulps of error,
+    while float32 intermediates stay well inside the SPEC section 11 tolerance."""
+    d = twin.np_dtype(dtype)
+    rng = np.random.default_rng(1)
+    S2, D = 32, 64
+    base = rng.uniform(-1, 1, (D,))
+    q = np.stack([base, base]).astype(d)
+    q[1, 0] = q[1, 0] + d.type(0.0625)
+    q = q.reshape(1, 1, 2, D)
+    k = rng.uniform(-1, 1, (1, 1, S2, D)).astype(d)
+    v = rng.standard_normal((1, 1, S2, D)).astype(d)
+    dy = np.stack([np.full(D, 64.0), np.full(D, -64.0)]).reshape(1, 1, 2, D).astype(d)
+    out, mx, sm, _, seed, offset, numels = sa.speed_fusion_attention(
+        q, k, v, 1, "BNSD", scale=0.125, backend=backend)
+    grads = sa.speed_fusion_attention_grad(
+        q, k, v, dy, 1, "BNSD", softmax_max=mx, softmax_sum=sm, attention_in=out, seed=seed,
+        offset=offset, numels=numels, scale=0.125, backend=backend)
+    refs, mags = twin.backward(q, k, v, dy, 1, "BNSD", attention_in=out, scale=0.125,
+                               magnitudes=True)
+    for name, g, r, m in zip(("dq", "dk", "dv"), grads, refs, mags):
+        twin.assert_close(g, r, dtype, f"[{backend}] cancelling backward {name}", magnitude=m)

@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 import pytest
-from conftest import (BACKENDS, INT_MAX, NON_TND_MODES, PSE_KINDS, TND_MODES, TND_PSE_KINDS,
+from conftest import (BACKENDS, NON_TND_MODES, PSE_KINDS, TND_MODES, TND_PSE_KINDS,
                       Spec, build, check_forward_result, lib_forward, random_spec,
                       run_forward_check)
 
