@@ -269,8 +269,7 @@ def _options(head_num, input_layout, pse, padding_mask, atten_mask, scale, keep_
         "actual_seq_kvlen": _check_int_seq("actual_seq_kvlen", actual_seq_kvlen),
         "q_start_idx": _check_int_seq("q_start_idx", q_start_idx),
         "kv_start_idx": _check_int_seq("kv_start_idx", kv_start_idx),
-        "gen_mask_parallel": bool(gen_mask_parallel),
-        "sync": bool(sync),
+        # gen_mask_parallel and sync are Ascend debug switches: accepted and ignored (any value)
         "backend": _check_backend(backend),
     }
     keep = []

@@ -16,6 +16,9 @@ namespace {
 constexpr int64_t kNoLimit = int64_t(1) << 62;  // "unbounded" band offset
 constexpr int64_t kMaxD = 768;
 constexpr int64_t kMaxSeqs = 1024;  // TND: at most 1024 sequences (SPEC §6)
+// Largest batch accepted: validation keeps a few per-sequence int64 vectors (O(B) memory).
+// SPEC §2 asks for B <= 2048; 2^20 leaves room for broadcast (stride-0) batches.
+constexpr int64_t kMaxBatch = int64_t(1) << 20;
 constexpr int64_t kTemplate = 2048;  // side of the compressed causal template
 
 [[noreturn]] void type_error(const std::string& msg) { throw TypeError(msg); }
@@ -281,6 +284,9 @@ struct Builder {
   void sequences() {
     const size_t Bn = size_t(p.B);
     if (p.layout != Layout::TND) {
+      if (p.B > kMaxBatch)
+        value_error("query: batch size B=" + std::to_string(p.B) + " exceeds the supported maximum " +
+                    std::to_string(kMaxBatch));
       if (o.actual_seq_qlen) value_error("actual_seq_qlen: only used with input_layout 'TND'; got " + list_str(*o.actual_seq_qlen));
       if (o.actual_seq_kvlen) value_error("actual_seq_kvlen: only used with input_layout 'TND'; got " + list_str(*o.actual_seq_kvlen));
       if (p.S1 > 0 && p.S2 == 0 && p.B > 0)

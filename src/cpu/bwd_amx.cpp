@@ -30,11 +30,16 @@ namespace SA_NS {
 
 namespace bwd {
 
-// Tile shape. Provenance: kBk 128 x kBq 128 keeps the per-thread set (S, dP fp32 64 KiB each,
-// packed K/V 96 KiB, dK^T/dV^T 128 KiB at D=128) in L2 and gives each fp32 C tile of the
-// dK^T / dV^T products 4 K-steps per load/store (dev/bwd_02_amx.md).
-constexpr int kAmxBq = 128, kAmxBk = 128;
-using AmxBase = BwdEngineAvx512<kAmxBq, kAmxBk>;
+// Tile shape. Provenance (dev/bwd_02_amx.md, dev/bwd_03_superblock.md):
+//   kAmxBq 128 q rows x kAmxSub 128 keys per tile: S, dP fp32 64 KiB each; every fp32 C tile
+//   of the dK^T / dV^T products gets 4 K-steps (8 TDPBF16PS with the lo pass) per load/store.
+//   kAmxBk 512 keys per driver kv block ("superblock", 4 tiles wide): the q-side stream
+//   (Qc, dYc, QT, dYT bf16 = 1 KiB per row) and the dQ partial row (fp32 read + write, 1 KiB)
+//   are touched once per 512 keys instead of once per 128. With 128 they spilled to L3
+//   (~20 GB/s per core) and bounded the kernel: 2 KiB per row per 164 kFLOP. The per-thread
+//   set at D=128 is dK^T/dV^T 512 KiB + packed K/V 384 KiB + tiles ~0.4 MiB (< 2 MiB L2).
+constexpr int kAmxBq = 128, kAmxSub = 128, kAmxBk = 512;
+using AmxBase = BwdEngineAvx512<kAmxBq, kAmxSub>;
 
 struct TileConfig {
   uint8_t palette = 1, start_row = 0, reserved[14] = {};
@@ -149,40 +154,78 @@ inline void amx_prepare(Shared& sh) {
   });
 }
 
+// 16 x 16 transpose of 32-bit elements: dst[c * ldd + r] = src[r][c] for rows src[0..15]
+// (pure data movement: the bits of any 32-bit payload, bf16 pairs included, are preserved).
+inline void transpose16x16(const float* const src[16], float* dst, int64_t ldd) {
+  __m512 r[16], t[16];
+#pragma GCC unroll 16
+  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src[i]);
+#pragma GCC unroll 8
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+#pragma GCC unroll 4
+  for (int i = 0; i < 16; i += 4) {
+    r[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
+    r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xEE);
+    r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+    r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+  }
+  // r[4q + k] holds, per 128-bit lane L, column 4L + k of rows 4q..4q+3
+#pragma GCC unroll 4
+  for (int k = 0; k < 4; ++k) {
+    const __m512 a = _mm512_shuffle_f32x4(r[k], r[4 + k], 0x88);       // lanes 0,2 of rows 0-7
+    const __m512 b = _mm512_shuffle_f32x4(r[k], r[4 + k], 0xDD);       // lanes 1,3
+    const __m512 c = _mm512_shuffle_f32x4(r[8 + k], r[12 + k], 0x88);
+    const __m512 d = _mm512_shuffle_f32x4(r[8 + k], r[12 + k], 0xDD);
+    _mm512_storeu_ps(dst + (0 + k) * ldd, _mm512_shuffle_f32x4(a, c, 0x88));   // column k
+    _mm512_storeu_ps(dst + (8 + k) * ldd, _mm512_shuffle_f32x4(a, c, 0xDD));   // column 8 + k
+    _mm512_storeu_ps(dst + (4 + k) * ldd, _mm512_shuffle_f32x4(b, d, 0x88));   // column 4 + k
+    _mm512_storeu_ps(dst + (12 + k) * ldd, _mm512_shuffle_f32x4(b, d, 0xDD));  // column 12 + k
+  }
+}
+
 struct AmxWorker : Worker<AmxBase> {
-  Buf bkvd, bvvd, bkjv, bpv, bdsv, bdsr, bdkt, bdvt, bdql;
+  static constexpr int kSub = kAmxSub, kSup = kAmxBk;
+  Buf bkvd, bvvd, bkjv, bpv, bdsv, bdsr, bdkt, bdvt, bdql, bdka, bdva, bwords, bzero;
   // P' and dS as exact-ish bf16 pairs hi + lo (hi = bf16(x), lo = bf16(x - hi): 16
   // significand bits, rel. error <= 2^-17): a single bf16 P' / dS exceeds the SPEC §11
   // tolerance on long rows (dev/bwd_02_amx.md).
   uint16_t *KVd, *VVd, *Kjv, *Pv, *dSv, *dSr, *Pv2, *dSv2, *dSr2;
-  float *dKT, *dVT, *dQl;
+  float *dKT, *dVT, *dQl, *zrow;
 
   AmxWorker(const Problem& prob, Shared& s) : Worker<AmxBase>(prob, s) {
-    KVd = bkvd.get<uint16_t>(size_t(D * kBk));
-    VVd = bvvd.get<uint16_t>(size_t(D * kBk));
-    Kjv = bkjv.get<uint16_t>(size_t(kBk * D));
-    Pv = bpv.get<uint16_t>(size_t(2 * kBq * kBk));
-    dSv = bdsv.get<uint16_t>(size_t(2 * kBq * kBk));
-    dSr = bdsr.get<uint16_t>(size_t(2 * kBq * kBk));
-    Pv2 = Pv + kBq * kBk;
-    dSv2 = dSv + kBq * kBk;
-    dSr2 = dSr + kBq * kBk;
-    dKT = bdkt.get<float>(size_t(D * kBk));
-    dVT = bdvt.get<float>(size_t(D * kBk));
-    dQl = bdql.get<float>(size_t(kBq * D));
+    KVd = bkvd.get<uint16_t>(size_t(D * kSup));
+    VVd = bvvd.get<uint16_t>(size_t(D * kSup));
+    Kjv = bkjv.get<uint16_t>(size_t(kSup * D));
+    Pv = bpv.get<uint16_t>(size_t(2 * kBq * kSub));
+    dSv = bdsv.get<uint16_t>(size_t(2 * kBq * kSub));
+    dSr = bdsr.get<uint16_t>(size_t(2 * kBq * kSub));
+    Pv2 = Pv + kBq * kSub;
+    dSv2 = dSv + kBq * kSub;
+    dSr2 = dSr + kBq * kSub;
+    dKT = bdkt.get<float>(size_t(D * kSup));
+    dVT = bdvt.get<float>(size_t(D * kSup));
+    dQl = bdql.get<float>(size_t((kBq + 32) * D));
+    // the base buffers sized for kBk = kSub keys: dK/dV rows and dropout words of a superblock
+    dKa = bdka.get<float>(size_t(kSup * Dp));
+    dVa = bdva.get<float>(size_t(kSup * Dp));
+    words = bwords.get<uint32_t>(size_t(kSup + 16));
+    zrow = bzero.get<float>(size_t(D));  // zeros (padding rows of the K/V transposes)
   }
 
-  // P' / dS rows [0, Rp) x keys [0, jp) -> Pv, dSv (row pairs) and dSr (rows), bf16; keys
-  // >= jn and rows >= R are 0.
+  // General path: P' / dS rows [0, Rp) x keys [0, jp) of S / dP (row stride kSub) -> Pv, dSv
+  // (row pairs) and dSr (rows), hi + lo bf16; keys >= jn and rows >= R are 0.
   void convert(int R, int Rp, int jn, int jp) {
     // word k of the result = pair (row r, row r+1) of key k/2: index k/2 + 16 * (k & 1)
     const __m512i inter = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6,
                                            21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
     for (int r = 0; r < Rp; r += 2) {
-      const float* s0 = S + r * kBk;
-      const float* s1 = s0 + kBk;
-      const float* d0 = dP + r * kBk;
-      const float* d1 = d0 + kBk;
+      const float* s0 = S + r * kSub;
+      const float* s1 = s0 + kSub;
+      const float* d0 = dP + r * kSub;
+      const float* d1 = d0 + kSub;
       const bool v0 = r < R, v1 = r + 1 < R;
       for (int j = 0; j < jp; j += 16) {
         const __mmask16 m = j + 16 <= jn ? __mmask16(0xffff) : j < jn ? __mmask16((1u << (jn - j)) - 1u) : 0;
@@ -197,36 +240,184 @@ struct AmxWorker : Worker<AmxBase> {
         const __m512 hb1 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(pb, 1)), 16));
         const __m512i la = __m512i(_mm512_cvtne2ps_pbh(_mm512_sub_ps(a1, ha1), _mm512_sub_ps(a0, ha0)));
         const __m512i lb = __m512i(_mm512_cvtne2ps_pbh(_mm512_sub_ps(b1, hb1), _mm512_sub_ps(b0, hb0)));
-        const int64_t vo = (r / 2) * kBk * 2 + j * 2;
+        const int64_t vo = (r / 2) * kSub * 2 + j * 2;
         _mm512_storeu_si512(Pv + vo, _mm512_permutexvar_epi16(inter, pa));
         _mm512_storeu_si512(dSv + vo, _mm512_permutexvar_epi16(inter, pb));
         _mm512_storeu_si512(Pv2 + vo, _mm512_permutexvar_epi16(inter, la));
         _mm512_storeu_si512(dSv2 + vo, _mm512_permutexvar_epi16(inter, lb));
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(dSr + r * kBk + j), _mm512_castsi512_si256(pb));
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(dSr + (r + 1) * kBk + j), _mm512_extracti64x4_epi64(pb, 1));
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(dSr2 + r * kBk + j), _mm512_castsi512_si256(lb));
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(dSr2 + (r + 1) * kBk + j), _mm512_extracti64x4_epi64(lb, 1));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(dSr + r * kSub + j), _mm512_castsi512_si256(pb));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(dSr + (r + 1) * kSub + j), _mm512_extracti64x4_epi64(pb, 1));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(dSr2 + r * kSub + j), _mm512_castsi512_si256(lb));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(dSr2 + (r + 1) * kSub + j), _mm512_extracti64x4_epi64(lb, 1));
       }
     }
   }
 
-  void kv_block_amx(int64_t b, int64_t g, int64_t c, int64_t j0, int jn, double* sl) {
-    const int jp = int(round_up(jn, 32));
-    const uint16_t* ksrc = static_cast<const uint16_t*>(p.k.data);
-    const uint16_t* vsrc = static_cast<const uint16_t*>(p.v.data);
-    for (int jj = 0; jj < jp; ++jj) {
-      const bool in = jj < jn;
-      const uint16_t* kr = in ? ksrc + op_off(p, p.k, true, b, g, j0 + jj) : nullptr;
-      const uint16_t* vr = in ? vsrc + op_off(p, p.v, true, b, g, j0 + jj) : nullptr;
-      for (int64_t d = 0; d < D; ++d) {
-        const uint16_t kv = in ? kr[d] : 0, vv = in ? vr[d] : 0;
-        KVd[(d / 2) * kBk * 2 + jj * 2 + (d & 1)] = kv;
-        VVd[(d / 2) * kBk * 2 + jj * 2 + (d & 1)] = vv;
-        Kjv[(jj / 2) * D * 2 + d * 2 + (jj & 1)] = kv;
+  // Fast path (no pse, no dropout, every row of the tile keeps every key): the element
+  // semantics and the hi + lo split in one pass, straight from the S / dP tiles:
+  //   P = 2^(qk * scale * log2e + nb2[row])  (degree-5 exp2, rel. err 1.6e-7)
+  //   scale * dS = P * (dP * scale - Dsum * scale)
+  //   hi = x rounded to bf16 in the integer domain ((bits + 0x8000) & ~0xffff: round half away,
+  //   |x - hi| <= half a bf16 ulp), lo = bf16(x - hi) (the difference is exact in fp32).
+  // A row pair's hi halves interleave into VNNI dwords without a permute: (hi1 | hi0 >> 16).
+  // Rows ib .. ib+R of head n, keys [0, jn); rows [R, Rp) and keys [jn, jp) are written 0.
+  void fused_convert(int64_t b, int64_t n, int64_t ib, int R, int Rp, int jn, int jp) {
+    const __m512i inter = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6,
+                                           21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    // inverse of inter: [row r words | row r+1 words] from VNNI pairs
+    const __m512i deint = _mm512_set_epi16(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1, 30, 28, 26, 24,
+                                           22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    const float scale = float(p.scale);
+    const __m512 c1 = _mm512_set1_ps(scale * kLog2e), vscale = _mm512_set1_ps(scale);
+    const __m512 vmin = _mm512_set1_ps(exp2c::kMinArg);
+    const __m512i rnd = _mm512_set1_epi32(0x8000), himask = _mm512_set1_epi32(int32_t(0xffff0000u));
+    const float* c = exp2c::d5;
+    const __m512 e0 = _mm512_set1_ps(c[0]), e1 = _mm512_set1_ps(c[1]), e2 = _mm512_set1_ps(c[2]);
+    const __m512 e3 = _mm512_set1_ps(c[3]), e4 = _mm512_set1_ps(c[4]), e5 = _mm512_set1_ps(c[5]);
+    auto exp2v = [&](__m512 t, __mmask16 k) {
+      t = _mm512_max_ps(t, vmin);
+      const __m512 f = _mm512_reduce_ps(t, 0x09);  // t - floor(t) in [0, 1)
+      __m512 pl = _mm512_fmadd_ps(e5, f, e4);
+      pl = _mm512_fmadd_ps(pl, f, e3);
+      pl = _mm512_fmadd_ps(pl, f, e2);
+      pl = _mm512_fmadd_ps(pl, f, e1);
+      pl = _mm512_fmadd_ps(pl, f, e0);
+      return _mm512_maskz_scalef_ps(k, pl, t);
+    };
+    auto hi_of = [&](__m512 x) {
+      return _mm512_and_si512(_mm512_add_epi32(_mm512_castps_si512(x), rnd), himask);
+    };
+    for (int r = 0; r < Rp; r += 2) {
+      const float* s0 = S + r * kSub;
+      const float* d0 = dP + r * kSub;
+      const bool v0 = r < R, v1 = r + 1 < R;
+      float nb0 = 0.f, nb1 = 0.f, ds0 = 0.f, ds1 = 0.f;
+      if (v0) {
+        const size_t ri = sh.ri(n, b, ib + r);
+        nb0 = sh.nb2[ri];
+        ds0 = sh.dsum[ri] * scale;
+      }
+      if (v1) {
+        const size_t ri = sh.ri(n, b, ib + r + 1);
+        nb1 = sh.nb2[ri];
+        ds1 = sh.dsum[ri] * scale;
+      }
+      const __m512 vnb0 = _mm512_set1_ps(nb0), vnb1 = _mm512_set1_ps(nb1);
+      const __m512 vds0 = _mm512_set1_ps(ds0), vds1 = _mm512_set1_ps(ds1);
+      uint16_t* pv = Pv + (r / 2) * kSub * 2;
+      uint16_t* pv2 = Pv2 + (r / 2) * kSub * 2;
+      uint16_t* dsv = dSv + (r / 2) * kSub * 2;
+      uint16_t* dsv2 = dSv2 + (r / 2) * kSub * 2;
+      for (int j = 0; j < jp; j += 16) {
+        const __mmask16 m = j + 16 <= jn ? __mmask16(0xffff) : j < jn ? __mmask16((1u << (jn - j)) - 1u) : 0;
+        const __mmask16 m0 = v0 ? m : 0, m1 = v1 ? m : 0;
+        const __m512 p0 = exp2v(_mm512_fmadd_ps(_mm512_loadu_ps(s0 + j), c1, vnb0), m0);
+        const __m512 p1 = exp2v(_mm512_fmadd_ps(_mm512_loadu_ps(s0 + kSub + j), c1, vnb1), m1);
+        const __m512 q0 = _mm512_maskz_mul_ps(m0, p0, _mm512_fmsub_ps(_mm512_loadu_ps(d0 + j), vscale, vds0));
+        const __m512 q1 = _mm512_maskz_mul_ps(m1, p1, _mm512_fmsub_ps(_mm512_loadu_ps(d0 + kSub + j), vscale, vds1));
+        const __m512i hp0 = hi_of(p0), hp1 = hi_of(p1), hq0 = hi_of(q0), hq1 = hi_of(q1);
+        const __m512 lp0 = _mm512_sub_ps(p0, _mm512_castsi512_ps(hp0));
+        const __m512 lp1 = _mm512_sub_ps(p1, _mm512_castsi512_ps(hp1));
+        const __m512 lq0 = _mm512_sub_ps(q0, _mm512_castsi512_ps(hq0));
+        const __m512 lq1 = _mm512_sub_ps(q1, _mm512_castsi512_ps(hq1));
+        const __m512i vp = _mm512_or_si512(hp1, _mm512_srli_epi32(hp0, 16));  // VNNI pairs
+        const __m512i vq = _mm512_or_si512(hq1, _mm512_srli_epi32(hq0, 16));
+        const __m512i lp = __m512i(_mm512_cvtne2ps_pbh(lp1, lp0));  // [row r | row r+1]
+        const __m512i lq = __m512i(_mm512_cvtne2ps_pbh(lq1, lq0));
+        const __m512i rq = _mm512_permutexvar_epi16(deint, vq);
+        _mm512_storeu_si512(pv + j * 2, vp);
+        _mm512_storeu_si512(dsv + j * 2, vq);
+        _mm512_storeu_si512(pv2 + j * 2, _mm512_permutexvar_epi16(inter, lp));
+        _mm512_storeu_si512(dsv2 + j * 2, _mm512_permutexvar_epi16(inter, lq));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(dSr + r * kSub + j), _mm512_castsi512_si256(rq));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(dSr + (r + 1) * kSub + j), _mm512_extracti64x4_epi64(rq, 1));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(dSr2 + r * kSub + j), _mm512_castsi512_si256(lq));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(dSr2 + (r + 1) * kSub + j), _mm512_extracti64x4_epi64(lq, 1));
       }
     }
-    std::memset(dKT, 0, size_t(D * kBk) * 4);
-    std::memset(dVT, 0, size_t(D * kBk) * 4);
+  }
+
+  // Packs keys [j0, j0 + jn) of (b, g), zero padded to jp (a multiple of 32):
+  //   KVd, VVd [D/2][kSup][2]: the dwords (d pairs) of each K / V row, transposed;
+  //   Kjv [kSup/2][D][2]: rows 2p and 2p+1 interleaved word by word.
+  void pack_kv(int64_t b, int64_t g, int64_t j0, int jn, int jp) {
+    const uint16_t* ksrc = static_cast<const uint16_t*>(p.k.data);
+    const uint16_t* vsrc = static_cast<const uint16_t*>(p.v.data);
+    const int64_t Dw = D / 2;  // dwords per row
+    for (int jb = 0; jb < jp; jb += 16) {
+      const float* kr[16];
+      const float* vr[16];
+      for (int i = 0; i < 16; ++i) {
+        const bool in = jb + i < jn;
+        kr[i] = in ? reinterpret_cast<const float*>(ksrc + op_off(p, p.k, true, b, g, j0 + jb + i)) : zrow;
+        vr[i] = in ? reinterpret_cast<const float*>(vsrc + op_off(p, p.v, true, b, g, j0 + jb + i)) : zrow;
+      }
+      for (int64_t m = 0; m < Dw; m += 16) {
+        const float* ks[16];
+        const float* vs[16];
+        for (int i = 0; i < 16; ++i) ks[i] = kr[i] + m, vs[i] = vr[i] + m;
+        transpose16x16(ks, reinterpret_cast<float*>(KVd) + m * kSup + jb, kSup);
+        transpose16x16(vs, reinterpret_cast<float*>(VVd) + m * kSup + jb, kSup);
+      }
+      // Kjv: word (pair p, d, e) = K[2p + e][d]
+      const __m512i ilo = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8, 39, 7, 38, 6,
+                                           37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
+      const __m512i ihi = _mm512_set_epi16(63, 31, 62, 30, 61, 29, 60, 28, 59, 27, 58, 26, 57, 25, 56, 24, 55, 23, 54,
+                                           22, 53, 21, 52, 20, 51, 19, 50, 18, 49, 17, 48, 16);
+      for (int i = 0; i < 16; i += 2) {
+        const uint16_t* r0 = reinterpret_cast<const uint16_t*>(kr[i]);
+        const uint16_t* r1 = reinterpret_cast<const uint16_t*>(kr[i + 1]);
+        uint16_t* dst = Kjv + ((jb + i) / 2) * D * 2;
+        for (int64_t d = 0; d < D; d += 32) {
+          const __m512i a = _mm512_loadu_si512(r0 + d), c = _mm512_loadu_si512(r1 + d);
+          _mm512_storeu_si512(dst + d * 2, _mm512_permutex2var_epi16(a, ilo, c));
+          _mm512_storeu_si512(dst + d * 2 + 32, _mm512_permutex2var_epi16(a, ihi, c));
+        }
+      }
+    }
+  }
+
+  // dK^T / dV^T [D][kSup] -> dKa / dVa rows [jn][Dp] (16 x 16 transposes).
+  void unpack_dkv(int jn) {
+    const int jr = int(round_up(jn, 16));
+    for (int64_t d0 = 0; d0 < D; d0 += 16)
+      for (int jb = 0; jb < jr; jb += 16) {
+        const float* ks[16];
+        const float* vs[16];
+        for (int i = 0; i < 16; ++i) ks[i] = dKT + (d0 + i) * kSup + jb, vs[i] = dVT + (d0 + i) * kSup + jb;
+        transpose16x16(ks, dKa + jb * Dp + d0, Dp);
+        transpose16x16(vs, dVa + jb * Dp + d0, Dp);
+      }
+  }
+
+  // Rounds the finished dK / dV rows once to bf16 (round to nearest even, as f_to_bf16).
+  void store_kv_bf16(int64_t b, int64_t g, int64_t j0, int jn) {
+    uint16_t* dk = static_cast<uint16_t*>(const_cast<void*>(p.dk.data));
+    uint16_t* dv = static_cast<uint16_t*>(const_cast<void*>(p.dv.data));
+    for (int jj = 0; jj < jn; ++jj) {
+      uint16_t* kd = dk + op_off(p, p.dk, true, b, g, j0 + jj);
+      uint16_t* vd = dv + op_off(p, p.dv, true, b, g, j0 + jj);
+      for (int64_t d = 0; d < D; d += 32) {
+        _mm512_storeu_si512(kd + d, __m512i(_mm512_cvtne2ps_pbh(_mm512_loadu_ps(dKa + jj * Dp + d + 16),
+                                                                  _mm512_loadu_ps(dKa + jj * Dp + d))));
+        _mm512_storeu_si512(vd + d, __m512i(_mm512_cvtne2ps_pbh(_mm512_loadu_ps(dVa + jj * Dp + d + 16),
+                                                                  _mm512_loadu_ps(dVa + jj * Dp + d))));
+      }
+    }
+  }
+
+  // One superblock: keys [j0, j0 + jn), jn <= kSup, of (b, kv head g); dQ partial slot c.
+  // Loop order: query head n, q tile (kBq rows), key tile (kSub keys). The q tile's dQ
+  // accumulates in dQl (AMX C tiles, fp32) across the key tiles and is added to the partial
+  // rows once per superblock.
+  void kv_block_amx(int64_t b, int64_t g, int64_t c, int64_t j0, int jn, double* sl) {
+    const int jp = int(round_up(jn, 32));
+    pack_kv(b, g, j0, jn, jp);
+    for (int64_t d = 0; d < D; ++d) {
+      std::memset(dKT + d * kSup, 0, size_t(jp) * 4);
+      std::memset(dVT + d * kSup, 0, size_t(jp) * 4);
+    }
+    const bool fast_ok = p.pse.kind == PseKind::none && !p.dropout && !sh.dpse && !sl;
 
     int64_t ia, ie;
     rows_for_keys(p, b, j0, j0 + jn, &ia, &ie);
@@ -238,35 +429,54 @@ struct AmxWorker : Worker<AmxBase> {
       const uint16_t* dyt = sh.dyt.data() + n * D * Tqp;
       for (int64_t i0 = ia; i0 < ie; i0 += kBq) {
         const int ni = int(std::min<int64_t>(kBq, ie - i0));
-        int rlo, rhi;
-        classify(b, n, i0, ni, j0, jn, &rlo, &rhi);
-        if (rlo >= rhi) continue;
-        const int R = rhi - rlo, Rp = int(round_up(R, 32));
-        const int64_t ib = i0 + rlo, prow = sh.qpbase[size_t(b)] + ib;
-        amx_gemm(Rp, jp, int(D), qc + prow * D, D * 2, KVd, kBk * 4, S, kBk * 4, false);
-        amx_gemm(Rp, jp, int(D), dyc + prow * D, D * 2, VVd, kBk * 4, dP, kBk * 4, false);
-        grad_rows(b, n, g, ib, rlo, R, j0, jn, S, dP, kBk, sl);
-        convert(R, Rp, jn, jp);
-        amx_gemm(int(D), jp, Rp, dyt + prow, Tqp * 2, Pv, kBk * 4, dVT, kBk * 4, true, nullptr, Pv2);
-        amx_gemm(int(D), jp, Rp, qt + prow, Tqp * 2, dSv, kBk * 4, dKT, kBk * 4, true, nullptr, dSv2);
-        amx_gemm(Rp, int(D), jp, dSr, kBk * 2, Kjv, D * 4, dQl, D * 4, false, dSr2, nullptr);
-        for (int r = 0; r < R; ++r) {
-          float* dst = sh.dq_row(c, n, b, ib + r);
+        int zlo = 0, zhi = 0;  // dQl rows holding values (relative to i0)
+        int qlo = kBq, qhi = 0;
+        for (int s0 = 0; s0 < jn; s0 += kSub) {
+          const int sn = std::min(kSub, jn - s0), sp = int(round_up(sn, 32));
+          int rlo, rhi;
+          classify(b, n, i0, ni, j0 + s0, sn, &rlo, &rhi);
+          if (rlo >= rhi) continue;
+          const int R = rhi - rlo, Rp = int(round_up(R, 32));
+          const int64_t ib = i0 + rlo, prow = sh.qpbase[size_t(b)] + ib;
+          amx_gemm(Rp, sp, int(D), qc + prow * D, D * 2, KVd + s0 * 2, kSup * 4, S, kSub * 4, false);
+          amx_gemm(Rp, sp, int(D), dyc + prow * D, D * 2, VVd + s0 * 2, kSup * 4, dP, kSub * 4, false);
+          bool fast = fast_ok;
+          for (int r = rlo; fast && r < rhi; ++r) fast = cls[r] == kFull;
+          if (fast) {
+            fused_convert(b, n, ib, R, Rp, sn, sp);
+          } else {
+            grad_rows(b, n, g, ib, rlo, R, j0 + s0, sn, S, dP, kSub, sl);
+            convert(R, Rp, sn, sp);
+          }
+          amx_gemm(int(D), sp, Rp, dyt + prow, Tqp * 2, Pv, kSub * 4, dVT + s0, kSup * 4, true, nullptr, Pv2);
+          amx_gemm(int(D), sp, Rp, qt + prow, Tqp * 2, dSv, kSub * 4, dKT + s0, kSup * 4, true, nullptr, dSv2);
+          // dQl rows [rlo, rlo + Rp) (+)= dS K
+          const int a = rlo, e = rlo + Rp;
+          bool load = true;
+          if (zhi == 0) {
+            load = false;
+            zlo = a, zhi = e;
+          } else {
+            if (a < zlo) std::memset(dQl + a * D, 0, size_t((zlo - a) * D) * 4), zlo = a;
+            if (e > zhi) std::memset(dQl + zhi * D, 0, size_t((e - zhi) * D) * 4), zhi = e;
+          }
+          amx_gemm(Rp, int(D), sp, dSr, kSub * 2, Kjv + (s0 / 2) * D * 2, D * 4, dQl + a * D, D * 4, load, dSr2,
+                   nullptr);
+          qlo = std::min(qlo, rlo);
+          qhi = std::max(qhi, rhi);
+        }
+        for (int r = qlo; r < qhi; ++r) {
+          float* dst = sh.dq_row(c, n, b, i0 + r);
           const float* src = dQl + r * D;
           for (int64_t d = 0; d < D; d += 16)
             _mm512_storeu_ps(dst + d, _mm512_add_ps(_mm512_loadu_ps(dst + d), _mm512_loadu_ps(src + d)));
         }
       }
     }
-    // dK^T / dV^T -> rows
-    for (int64_t d = 0; d < D; ++d)
-      for (int jj = 0; jj < jn; ++jj) {
-        dKa[jj * Dp + d] = dKT[d * kBk + jj];
-        dVa[jj * Dp + d] = dVT[d * kBk + jj];
-      }
+    unpack_dkv(jn);
     for (int64_t n = g * p.G; n < (g + 1) * p.G; ++n)
       if (sh.ucount[size_t(b * p.N1 + n)] > 0) uniform_rows(b, n, j0, jn);
-    store_kv(b, g, j0, jn);
+    store_kv_bf16(b, g, j0, jn);
   }
 
   void run_task(const BTask& t, double* sl) {
@@ -274,15 +484,15 @@ struct AmxWorker : Worker<AmxBase> {
     if (t.b >= 0) {
       const int64_t skv = p.skv[size_t(t.b)];
       int64_t kb0, kb1;
-      chunk_blocks(nblocks(skv, kBk), sh.plan.C, t.c, &kb0, &kb1);
+      chunk_blocks(nblocks(skv, kSup), sh.plan.C, t.c, &kb0, &kb1);
       for (int64_t kb = kb0; kb < kb1; ++kb)
-        kv_block_amx(t.b, t.g, t.c, kb * kBk, int(std::min<int64_t>(kBk, skv - kb * kBk)), sl);
+        kv_block_amx(t.b, t.g, t.c, kb * kSup, int(std::min<int64_t>(kSup, skv - kb * kSup)), sl);
     } else {
       for (int64_t b = 0; b < p.B; ++b) {
         const int64_t skv = p.skv[size_t(b)];
         if (p.sq[size_t(b)] == 0 || skv == 0) continue;
-        for (int64_t kb = 0; kb < nblocks(skv, kBk); ++kb)
-          kv_block_amx(b, t.g, 0, kb * kBk, int(std::min<int64_t>(kBk, skv - kb * kBk)), sl);
+        for (int64_t kb = 0; kb < nblocks(skv, kSup); ++kb)
+          kv_block_amx(b, t.g, 0, kb * kSup, int(std::min<int64_t>(kSup, skv - kb * kSup)), sl);
       }
     }
     _tile_release();

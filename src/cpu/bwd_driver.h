@@ -256,6 +256,9 @@ struct Shared {
   int64_t D = 0;
   // per (n, compact row): saved max, 1/sum, Dsum, row kind
   std::vector<float> mx, isum, dsum;
+  // per (n, compact row): -(max * log2(e) + log2(sum)), rounded once from double, so that
+  // P = 2^(qk * scale * log2(e) + nb2) is one FMA and an exp2 (the AMX fast element pass)
+  std::vector<float> nb2;
   std::vector<uint8_t> kind;
   std::vector<int64_t> ucount;  // uniform rows per (b, n)
   std::vector<float> uvec;      // (no dropout) sum over uniform rows of dy / sum, per (b, n): D floats
@@ -333,6 +336,7 @@ inline void precompute(Shared& sh) {
       const size_t r = sh.ri(n, b, i);
       sh.mx[r] = m;
       sh.isum[r] = float(1.0 / double(s));
+      sh.nb2[r] = float(-(double(m) * 1.4426950408889634 + std::log2(double(s))));
       sh.dsum[r] = ds;
       uint8_t k = kRowNormal;
       if (m == kMasked) k = p.invalid_line ? kRowSkip : kRowUniform;
@@ -631,6 +635,7 @@ void backward_with(const Problem& p, int64_t Bk, Prepare&& prepare) {
   const size_t rows = size_t(p.N1 * sh.plan.Tq);
   sh.mx.resize(rows);
   sh.isum.resize(rows);
+  sh.nb2.resize(rows);
   sh.dsum.resize(rows);
   sh.kind.resize(rows);
   sh.ucount.assign(size_t(p.B * p.N1), 0);

@@ -342,6 +342,22 @@ std::vector<Case> cases() {
     c.S1 = s.first, c.S2 = s.second, c.D = 64;
     add(c);
   }
+  // AMX (D % 32 == 0) tails: kv superblock 512 (tile-1, tile, tile+1, 2*tile+17) and key
+  // tiles of 128 inside it; q tiles of 128 (1, 127, 128, 129, 300 rows).
+  for (auto s : std::vector<std::pair<int64_t, int64_t>>{{127, 511}, {128, 512}, {129, 513}, {300, 1041}}) {
+    c = Case();
+    c.name = "amx_tail_" + std::to_string(s.first) + "x" + std::to_string(s.second);
+    c.S1 = s.first, c.S2 = s.second, c.D = 64;
+    add(c);
+  }
+  c = Case();
+  c.name = "amx_causal_gqa";  // partial tiles on the diagonal of every 128 x 128 tile
+  c.N1 = 4, c.N2 = 2, c.S1 = 300, c.S2 = 700, c.D = 32, c.mode = 3, c.mask = MaskKind::template2048;
+  add(c);
+  c = Case();
+  c.name = "amx_band";  // band across superblock boundaries
+  c.S1 = 600, c.S2 = 600, c.D = 32, c.mode = 4, c.mask = MaskKind::template2048, c.pre = 200, c.next = 50;
+  add(c);
   for (int64_t D : {1, 3, 17, 80, 128, 768}) {
     c = Case();
     c.name = "D" + std::to_string(D);

@@ -12,6 +12,7 @@ examples are derandomized under CI=true so a CI failure reproduces locally with 
 
 from __future__ import annotations
 
+import math
 import os
 
 import numpy as np
@@ -156,14 +157,48 @@ def test_backward_auto_matches_reference(sa, spec):
                                          spec.layout, attention_in=_f64(out), backend="reference", **common,
                                          **_ref_kwargs(built))
     what = f"backward {spec.id()}"
+    floors = _cancellation_floors(spec, built, dy, out)
     for name, g, r in zip(("dq", "dk", "dv"), got[:3], ref[:3]):
         assert tuple(g.shape) == tuple(r.shape), f"{what}: {name} shape"
-        twin.assert_close(g, twin.to64(r), spec.dtype, f"{what} {name}")
+        _assert_close_floor(g, twin.to64(r), spec.dtype, floors[name], f"{what} {name}")
     pse = built.kwargs.get("pse")
     if pse is None:
         assert tuple(got[3].shape) == (0,)
     else:
-        twin.assert_close(got[3], twin.to64(ref[3]), twin.dtype_name(pse), f"{what} dpse")
+        _assert_close_floor(got[3], twin.to64(ref[3]), twin.dtype_name(pse), floors["dpse"], f"{what} dpse")
+
+
+EPS32 = 2.0**-24
+
+
+def _cancellation_floors(spec, built, dy, out):
+    """Absolute error floors for the gradients that come from cancellation in
+    dS = P * (dP - Dsum): when a row keeps a single key (S2 = 1, narrow bands, dense masks),
+    P = 1 and dP - Dsum is pure rounding noise of size ~ eps32 * D * |dy| * (|v| + |out|), which
+    no float32 evaluation reproduces; the SPEC section 11 tolerance is relative to the gradient's
+    own (then ~0) magnitude. dq / dpse get that noise times |scale| |k| (|scale| or 1 for dpse);
+    dk sums it over up to S1 rows (sqrt(S1), the noise being uncorrelated). dv has no such term."""
+    amax = lambda x: float(np.max(np.abs(twin.to64(x)))) if np.size(twin.to64(x)) else 0.0  # noqa: E731
+    S1 = max(a for a, _ in spec.seqs) if spec.layout == "TND" else spec.S1
+    noise = 8 * EPS32 * spec.D * amax(dy) * (amax(built.v) + amax(out)) / spec.keep_prob
+    sc = abs(spec.scale)
+    pse_sc = sc if built.kwargs.get("pse_type", 1) == 1 else 1.0
+    return {"dq": noise * sc * amax(built.k), "dk": noise * sc * amax(built.q) * math.sqrt(max(S1, 1)),
+            "dv": 0.0, "dpse": noise * pse_sc * math.sqrt(max(S1, 1))}
+
+
+def _assert_close_floor(got, ref, dtype, floor, what):
+    g, r = twin.to64(got), np.asarray(ref, np.float64)
+    assert g.shape == r.shape, f"{what}: shape {g.shape} != {r.shape}"
+    if r.size == 0:
+        return
+    assert np.all(np.isfinite(g)), f"{what}: non-finite values"
+    tol = twin.tolerance(r, dtype) + floor
+    err = np.abs(g - r)
+    worst = int(np.argmax(err))
+    assert err.flat[worst] <= tol, (f"{what}: max |got-ref| = {err.flat[worst]:.3e} > tol {tol:.3e} "
+                                    f"(spec {twin.tolerance(r, dtype):.3e} + cancellation floor {floor:.3e}) at "
+                                    f"flat index {worst} (got {g.flat[worst]!r}, ref {r.flat[worst]!r})")
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])

@@ -53,6 +53,22 @@ def main():
         else:
             run_forward_check(sa, spec, backend)
 
+    # Misaligned views: element-offset and byte-offset (numpy allows unaligned arrays).
+    for dt in (np.float32, np.float16):
+        a = rng.standard_normal((2, 9, 16)).astype(dt)
+        raw = np.zeros(a.nbytes + 1, np.uint8)
+        byte_off = raw[1:].view(dt).reshape(a.shape)
+        byte_off[...] = a
+        elem = np.empty(a.size + 1, dt)[1:].reshape(a.shape)
+        elem[...] = a
+        want = sa.speed_fusion_attention(a, a, a, 2, "BSH", scale=0.3)[0]
+        for view in (byte_off, elem):
+            got = sa.speed_fusion_attention(view, view, view, 2, "BSH", scale=0.3)
+            assert np.array_equal(got[0], want)
+            sa.speed_fusion_attention_grad(view, view, view, view, 2, "BSH", softmax_max=got[1], softmax_sum=got[2],
+                                           attention_in=got[0], seed=got[4], offset=got[5], numels=got[6],
+                                           scale=0.3)
+
     # Invalid calls: only TypeError / ValueError.
     q = np.zeros((1, 4, 8), np.float32)
     bad = [
