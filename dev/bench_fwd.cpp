@@ -64,7 +64,9 @@ int main(int argc, char** argv) {
   p.out.data = out.data();
   p.smax_out = sm.data();
   p.ssum_out = ss.data();
+  if (const char* th = std::getenv("BENCH_THREADS")) sa::set_num_threads(atoi(th));
   double flops = 4.0 * B * N1 * S1 * S2 * D;
+  const double kv_bytes = 2.0 * B * N2 * S2 * D * double(es);  // K + V read once (decode roofline)
   if (mode == 2 || mode == 3) flops /= 2;
   for (const auto& kk : sa::forward_kernels()) {
     if (kk.dtype != dt || int(kk.isa) > int(sa::detected_isa())) continue;
@@ -98,8 +100,8 @@ int main(int argc, char** argv) {
     std::sort(t.begin(), t.end());
     std::sort(c.begin(), c.end());
     // cpu: GFLOP per CPU-second (per-core rate, robust to other processes time-sharing the cores)
-    std::printf("%-18s med %8.2f ms  min %8.2f ms  %7.1f GFLOP/s(med) %7.1f (min)  cpu %6.1f GF/core-s  maxdiff-vs-prev %.3g\n",
+    std::printf("%-18s med %8.2f ms  min %8.2f ms  %7.1f GFLOP/s(med) %7.1f (min)  cpu %6.1f GF/core-s  K+V %5.1f GB/s(med)  maxdiff-vs-prev %.3g\n",
                 kk.name, t[t.size() / 2] * 1e3, t[0] * 1e3, flops / t[t.size() / 2] * 1e-9, flops / t[0] * 1e-9,
-                flops / c[0] * 1e-9, diff);
+                flops / c[0] * 1e-9, kv_bytes / t[t.size() / 2] * 1e-9, diff);
   }
 }

@@ -16,5 +16,5 @@ GEN=()
 command -v ninja >/dev/null && GEN=(-G Ninja)
 DIR="${FUZZ_BUILD_DIR:-build/fuzz}"
 [ -f "$DIR/CMakeCache.txt" ] || "$CMAKE" -S fuzz -B "$DIR" "${GEN[@]}" -DCMAKE_CXX_COMPILER="$CXX" \
-  -DCMAKE_CXX_FLAGS="${FUZZ_CXXFLAGS:-}" >/dev/null
+  -DFUZZ_SAN_EXTRA="${FUZZ_CXXFLAGS:-}" >/dev/null
 "$CMAKE" --build "$DIR" -j "${JOBS:-1}"

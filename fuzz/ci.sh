@@ -13,7 +13,7 @@ t0=$(date +%s)
 JOBS="${JOBS:-2}" bash fuzz/build.sh >/dev/null
 t1=$(date +%s)
 echo "fuzz/ci: harness built in $((t1 - t0)) s"
-BIN=build/fuzz/fuzz_api
+BIN="${FUZZ_BUILD_DIR:-build/fuzz}/fuzz_api"
 ART=build/fuzz/ci-artifacts
 rm -rf "$ART" build/fuzz/ci-work && mkdir -p "$ART" build/fuzz/ci-work
 FLAGS=(-max_len=512 -len_control=0 -timeout=60 -rss_limit_mb=6000 -artifact_prefix="$ART/")

@@ -5,7 +5,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 bash fuzz/build.sh >/dev/null
 rm -rf build/fuzz/corpus.new && mkdir -p build/fuzz/corpus.new
-nice -n 19 taskset -c "${FUZZ_CPU:-$(( $(nproc) - 1 ))}" build/fuzz/fuzz_api -merge=1 -max_len=512 -timeout=60 \
+nice -n 19 taskset -c "${FUZZ_CPU:-$(( $(nproc) - 1 ))}" "${FUZZ_BUILD_DIR:-build/fuzz}/fuzz_api" -merge=1 -max_len=512 -timeout=60 \
   build/fuzz/corpus.new fuzz/corpus build/fuzz/work 2>&1 | tail -n 3
 rm -rf fuzz/corpus && mv build/fuzz/corpus.new fuzz/corpus
 echo "fuzz/corpus: $(ls fuzz/corpus | wc -l) files, $(du -sh fuzz/corpus | cut -f1)"

@@ -1,21 +1,28 @@
 // The AMX-BF16 backward kernel (bfloat16 inputs): bwd_driver.h (plan, statistics, dQ
 // partials, dpse, uniform rows) with the five products of a tile on AMX tiles (bf16 in,
-// fp32 accumulation) and the element semantics in AVX-512 fp32 (bwd_engine_avx512.h).
+// fp32 accumulation) and the element semantics in AVX-512 fp32.
 //
-// Per kv block (kBk = 128 keys, jp = keys rounded up to 32) of (b, kv head g):
-//   pack  KVd, VVd  [D/2][kBk][2]  K, V pairs along d (B operand of S = Q K^T, dP = dY V^T)
-//         Kjv       [kBk/2][D][2]  K pairs along j   (B operand of dQ = dS K)
-//   per query head n of the group and q block (<= kBq = 128 rows, Rp = rows rounded to 32):
-//     S  [Rp][jp] = Qc  . KVd      dP [Rp][jp] = dYc . VVd          (fp32, AMX)
-//     element semantics (AVX-512): S <- P' = P keep / keep_prob, dP <- scale dS
-//     Pv, dSv [Rp/2][kBk][2] (row pairs, bf16) and dSr [Rp][kBk] (bf16) from one convert pass
-//     dV^T [D][kBk] += dY^T . Pv    dK^T [D][kBk] += Q^T . dSv       (fp32 tiles in memory)
-//     dQl [Rp][D] = dSr . Kjv, added to the task's fp32 dQ partial rows
-//   end: dK^T / dV^T transposed to rows, uniform rows added to dV, rounded once.
+// Per kv superblock (the driver's kv block: kSup = 512 keys, jp = keys rounded up to 32) of
+// (b, kv head g):
+//   pack  KVd, VVd  [D/2][kLd][2]  K, V pairs along d (B operand of S = Q K^T, dP = dY V^T)
+//         Kjv       [kSup/2][D][2] K pairs along j   (B operand of dQ = dS K)
+//   per query head n of the group, q tile (<= kBq = 128 rows) and key tile (kSub = 128 keys
+//   of the superblock; Rp = the tile's rows rounded to 32, sp = its keys rounded to 32):
+//     S  [Rp][sp] = Qc  . KVd      dP [Rp][sp] = dYc . VVd          (fp32, AMX)
+//     element pass (AVX-512): P' = P keep / keep_prob and scale dS, split into hi + lo bf16:
+//       Pv, dSv [Rp/2][kSub][2] (row pairs) and dSr [Rp][kSub] (rows). Tiles whose rows keep
+//       every key (no pse / dropout) use fused_convert (exp2 with the scale folded, one pass);
+//       the others the general grad_rows (bwd_engine_avx512.h) + convert.
+//     dV^T [D][kLd] += dY^T . Pv    dK^T [D][kLd] += Q^T . dSv      (fp32 tiles in memory)
+//     dQl [Rp][D] (+)= dSr . Kjv   (accumulated over the key tiles of the q tile; added to
+//                                  the task's fp32 dQ partial rows once per superblock)
+//   end: dK^T / dV^T transposed to rows (16 x 16 transposes), uniform rows added to dV,
+//   rounded once.
 // Qc/dYc (rows, bf16) and QT/dYT (transposed, [n][D][row]) are packed once per call in a
 // parallel pass (O(S*D)). Requires D % 32 == 0 (tile K step); other D run bwd_avx512.
-// P' and dS enter the products as exact hi + lo bf16 pairs (a plain bf16 P' / dS, as
-// PyTorch / FlashAttention use, misses the SPEC §11 tolerance); all accumulation is fp32.
+// P' and dS enter the products as hi + lo bf16 pairs (a plain bf16 P' / dS, as PyTorch /
+// FlashAttention use, misses the SPEC §11 tolerance); all accumulation is fp32. Every
+// reduction order depends only on the problem: results are bit-identical for any thread count.
 #include <immintrin.h>
 #include <unistd.h>
 
@@ -188,6 +195,10 @@ inline void transpose16x16(const float* const src[16], float* dst, int64_t ldd) 
 
 struct AmxWorker : Worker<AmxBase> {
   static constexpr int kSub = kAmxSub, kSup = kAmxBk;
+  // Row stride (in 32-bit words) of KVd / VVd / dK^T / dV^T: kSup + 16, not kSup. A 2 KiB
+  // stride maps the 16 rows of every tile load onto 2 of the 64 L1 sets (conflict misses);
+  // padding by one cache line spreads them (dev/bwd_03_superblock.md).
+  static constexpr int kLd = kSup + 16;
   Buf bkvd, bvvd, bkjv, bpv, bdsv, bdsr, bdkt, bdvt, bdql, bdka, bdva, bwords, bzero;
   // P' and dS as exact-ish bf16 pairs hi + lo (hi = bf16(x), lo = bf16(x - hi): 16
   // significand bits, rel. error <= 2^-17): a single bf16 P' / dS exceeds the SPEC §11
@@ -196,8 +207,8 @@ struct AmxWorker : Worker<AmxBase> {
   float *dKT, *dVT, *dQl, *zrow;
 
   AmxWorker(const Problem& prob, Shared& s) : Worker<AmxBase>(prob, s) {
-    KVd = bkvd.get<uint16_t>(size_t(D * kSup));
-    VVd = bvvd.get<uint16_t>(size_t(D * kSup));
+    KVd = bkvd.get<uint16_t>(size_t(D * kLd));
+    VVd = bvvd.get<uint16_t>(size_t(D * kLd));
     Kjv = bkjv.get<uint16_t>(size_t(kSup * D));
     Pv = bpv.get<uint16_t>(size_t(2 * kBq * kSub));
     dSv = bdsv.get<uint16_t>(size_t(2 * kBq * kSub));
@@ -205,8 +216,8 @@ struct AmxWorker : Worker<AmxBase> {
     Pv2 = Pv + kBq * kSub;
     dSv2 = dSv + kBq * kSub;
     dSr2 = dSr + kBq * kSub;
-    dKT = bdkt.get<float>(size_t(D * kSup));
-    dVT = bdvt.get<float>(size_t(D * kSup));
+    dKT = bdkt.get<float>(size_t(D * kLd));
+    dVT = bdvt.get<float>(size_t(D * kLd));
     dQl = bdql.get<float>(size_t((kBq + 32) * D));
     // the base buffers sized for kBk = kSub keys: dK/dV rows and dropout words of a superblock
     dKa = bdka.get<float>(size_t(kSup * Dp));
@@ -356,8 +367,8 @@ struct AmxWorker : Worker<AmxBase> {
         const float* ks[16];
         const float* vs[16];
         for (int i = 0; i < 16; ++i) ks[i] = kr[i] + m, vs[i] = vr[i] + m;
-        transpose16x16(ks, reinterpret_cast<float*>(KVd) + m * kSup + jb, kSup);
-        transpose16x16(vs, reinterpret_cast<float*>(VVd) + m * kSup + jb, kSup);
+        transpose16x16(ks, reinterpret_cast<float*>(KVd) + m * kLd + jb, kLd);
+        transpose16x16(vs, reinterpret_cast<float*>(VVd) + m * kLd + jb, kLd);
       }
       // Kjv: word (pair p, d, e) = K[2p + e][d]
       const __m512i ilo = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8, 39, 7, 38, 6,
@@ -384,7 +395,7 @@ struct AmxWorker : Worker<AmxBase> {
       for (int jb = 0; jb < jr; jb += 16) {
         const float* ks[16];
         const float* vs[16];
-        for (int i = 0; i < 16; ++i) ks[i] = dKT + (d0 + i) * kSup + jb, vs[i] = dVT + (d0 + i) * kSup + jb;
+        for (int i = 0; i < 16; ++i) ks[i] = dKT + (d0 + i) * kLd + jb, vs[i] = dVT + (d0 + i) * kLd + jb;
         transpose16x16(ks, dKa + jb * Dp + d0, Dp);
         transpose16x16(vs, dVa + jb * Dp + d0, Dp);
       }
@@ -414,8 +425,8 @@ struct AmxWorker : Worker<AmxBase> {
     const int jp = int(round_up(jn, 32));
     pack_kv(b, g, j0, jn, jp);
     for (int64_t d = 0; d < D; ++d) {
-      std::memset(dKT + d * kSup, 0, size_t(jp) * 4);
-      std::memset(dVT + d * kSup, 0, size_t(jp) * 4);
+      std::memset(dKT + d * kLd, 0, size_t(jp) * 4);
+      std::memset(dVT + d * kLd, 0, size_t(jp) * 4);
     }
     const bool fast_ok = p.pse.kind == PseKind::none && !p.dropout && !sh.dpse && !sl;
 
@@ -438,8 +449,8 @@ struct AmxWorker : Worker<AmxBase> {
           if (rlo >= rhi) continue;
           const int R = rhi - rlo, Rp = int(round_up(R, 32));
           const int64_t ib = i0 + rlo, prow = sh.qpbase[size_t(b)] + ib;
-          amx_gemm(Rp, sp, int(D), qc + prow * D, D * 2, KVd + s0 * 2, kSup * 4, S, kSub * 4, false);
-          amx_gemm(Rp, sp, int(D), dyc + prow * D, D * 2, VVd + s0 * 2, kSup * 4, dP, kSub * 4, false);
+          amx_gemm(Rp, sp, int(D), qc + prow * D, D * 2, KVd + s0 * 2, kLd * 4, S, kSub * 4, false);
+          amx_gemm(Rp, sp, int(D), dyc + prow * D, D * 2, VVd + s0 * 2, kLd * 4, dP, kSub * 4, false);
           bool fast = fast_ok;
           for (int r = rlo; fast && r < rhi; ++r) fast = cls[r] == kFull;
           if (fast) {
@@ -448,8 +459,8 @@ struct AmxWorker : Worker<AmxBase> {
             grad_rows(b, n, g, ib, rlo, R, j0 + s0, sn, S, dP, kSub, sl);
             convert(R, Rp, sn, sp);
           }
-          amx_gemm(int(D), sp, Rp, dyt + prow, Tqp * 2, Pv, kSub * 4, dVT + s0, kSup * 4, true, nullptr, Pv2);
-          amx_gemm(int(D), sp, Rp, qt + prow, Tqp * 2, dSv, kSub * 4, dKT + s0, kSup * 4, true, nullptr, dSv2);
+          amx_gemm(int(D), sp, Rp, dyt + prow, Tqp * 2, Pv, kSub * 4, dVT + s0, kLd * 4, true, nullptr, Pv2);
+          amx_gemm(int(D), sp, Rp, qt + prow, Tqp * 2, dSv, kSub * 4, dKT + s0, kLd * 4, true, nullptr, dSv2);
           // dQl rows [rlo, rlo + Rp) (+)= dS K
           const int a = rlo, e = rlo + Rp;
           bool load = true;

@@ -609,6 +609,36 @@ TEST(ForwardKernels, DecodeSplitKv) {
     }
 }
 
+// The decode engine of fwd_avx512 (S1 * G <= 16 rows per kv head, K/V read straight from the
+// inputs): head dims around its 32-element chunks and 8-vector groups, 1..16 rows (its 6-row
+// PV tiles), key tails around its 16-key transpose-add, masks / pse / dropout, BSND strides.
+TEST(ForwardKernels, DecodeEngineTails) {
+  struct Dc { int64_t N1, N2, S1, S2, D; int mask, pse; double keep; const char* layout; };
+  const Dc cs[] = {{1, 1, 1, 1, 1, 0, 0, 1.0, "BNSD"},    {2, 1, 1, 15, 3, 0, 0, 1.0, "BNSD"},
+                   {4, 1, 4, 17, 17, 1, 0, 1.0, "BSND"},  {8, 2, 2, 33, 31, 0, 3, 1.0, "BNSD"},
+                   {6, 2, 5, 129, 48, 2, 1, 0.8, "BSH"},  {16, 1, 1, 600, 80, 0, 0, 1.0, "BNSD"},
+                   {3, 3, 16, 257, 128, 1, 0, 1.0, "BNSD"}, {5, 1, 3, 1100, 144, 0, 0, 0.9, "BSND"},
+                   {2, 2, 1, 70, 256, 0, 1, 1.0, "BNSD"}, {2, 1, 1, 40, 768, 0, 0, 1.0, "BNSD"}};
+  int k = 0;
+  for (const Dc& d : cs) {
+    Case c;
+    c.dt = kDtypes[k++ % 3];
+    c.layout = d.layout;
+    c.N1 = d.N1;
+    c.N2 = d.N2;
+    c.S1 = d.S1;
+    c.S2 = d.S2;
+    c.D = d.D;
+    c.mask = d.mask;
+    c.pse = d.pse;
+    if (d.pse == 3) c.pse_type = 2;
+    c.keep = d.keep;
+    check(c);
+    c.dt = kDtypes[k % 3];
+    check(c);
+  }
+}
+
 // Bit-identical output for any thread count, every kernel.
 TEST(ForwardKernels, ThreadCountBitIdentity) {
   std::vector<Case> cases;
@@ -641,6 +671,17 @@ TEST(ForwardKernels, ThreadCountBitIdentity) {
     c.dt = DType::float16;
     c.S1 = 200;
     c.S2 = 700;
+    cases.push_back(c);
+  }
+  {
+    Case c;  // decode engine (S1 * G = 8 rows), bf16, dropout, split-KV
+    c.dt = DType::bfloat16;
+    c.N1 = 8;
+    c.N2 = 2;
+    c.S1 = 2;
+    c.S2 = 3000;
+    c.D = 128;
+    c.keep = 0.9;
     cases.push_back(c);
   }
   const int saved = sa::get_num_threads();

@@ -33,6 +33,10 @@ N_CASES = int(os.environ.get("SANITIZE_PY_CASES", "48"))
 
 def main():
     t0 = time.time()
+    want = os.environ.get("SANITIZE_EXPECT_PKG")
+    if want:
+        assert os.path.abspath(sa.__file__).startswith(os.path.abspath(want)), (
+            f"imported {sa.__file__}, not the sanitized copy under {want}")
     print(f"speedattn from {sa.__file__}; kernels fwd={sa.forward_kernel_for('float32')} "
           f"bwd={sa.backward_kernel_for('bfloat16')}")
     rng = np.random.default_rng(20240607)

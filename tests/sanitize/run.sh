@@ -5,10 +5,11 @@
 #      with clang++-14 and runs a fast subset: every discovered test except those whose name
 #      matches $SANITIZE_EXCLUDE. (Not GCC 12: its ASan+UBSan build of src/cpu/bwd_amx.cpp
 #      compiles a loop into `jmp .` and hangs; see docs/reliability.md.)
-#   2. (skipped with SANITIZE_PYTHON=0) builds the Python extension with the same flags in
-#      build/asan-py, lays out a private copy of the package in build/asan-py/pkg (the venv's
-#      editable install is left alone) and runs tests/sanitize/py_smoke.py with libasan
-#      preloaded into the interpreter.
+#   2. (skipped with SANITIZE_PYTHON=0) builds the Python extension in the same build directory,
+#      lays out a private copy of the package in build/asan/pkg (the venv's editable install is
+#      left alone) and runs tests/sanitize/py_smoke.py with the ASan runtime preloaded into the
+#      interpreter, started with -S so that the editable install's import hook (a .pth file)
+#      cannot shadow the sanitized copy.
 #
 # Any sanitizer report fails the run (halt_on_error; UBSan -fno-sanitize-recover). Leak
 # detection is on for the C++ tests and off for Python (the interpreter itself "leaks").
@@ -33,9 +34,12 @@ export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
 
 t0=$(date +%s)
 echo "== sanitize: C++ library + tests (build/asan, $CXX_BIN, ASan+UBSan)"
-[ -f build/asan/CMakeCache.txt ] || "$CMAKE" -S . -B build/asan "${GEN[@]}" \
+GEN_ARGS=("${GEN[@]}")
+[ -f build/asan/CMakeCache.txt ] && GEN_ARGS=()  # the generator cannot change once configured
+"$CMAKE" -S . -B build/asan "${GEN_ARGS[@]}" \
   -DCMAKE_CXX_COMPILER="$CXX_BIN" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-  -DSPEEDATTN_SANITIZE=ON -DSPEEDATTN_BUILD_TESTS=ON -DSPEEDATTN_BUILD_PYTHON=OFF >/dev/null
+  -DSPEEDATTN_SANITIZE=ON -DSPEEDATTN_BUILD_TESTS=ON -DSPEEDATTN_BUILD_PYTHON=ON \
+  -DPython_EXECUTABLE="$PY" >/dev/null
 "$CMAKE" --build build/asan -j "$JOBS" --target speedattn
 # Test executables: keep going past one that does not compile (reported, and fatal unless
 # SANITIZE_ALLOW_BROKEN=1), then run each built binary directly with a gtest filter.
@@ -68,7 +72,7 @@ if [ "${SANITIZE_PYTHON:-1}" = "0" ]; then
   exit 0
 fi
 
-echo "== sanitize: Python extension (build/asan-py, libasan preloaded)"
+echo "== sanitize: Python extension (build/asan, ASan runtime preloaded)"
 # The interpreter is not instrumented: preload the shared ASan runtime (clang's bundles UBSan).
 case "$CXX_BIN" in
   *clang*) LIBASAN="$("$CXX_BIN" -print-file-name=libclang_rt.asan-x86_64.so)" ;;
@@ -78,19 +82,14 @@ if [ ! -e "$LIBASAN" ] || [ "${LIBASAN#/}" = "$LIBASAN" ]; then
   echo "sanitize: $CXX_BIN has no shared libasan; skipping the Python smoke" >&2
   exit 0
 fi
-[ -f build/asan-py/CMakeCache.txt ] || "$CMAKE" -S . -B build/asan-py "${GEN[@]}" \
-  -DCMAKE_CXX_COMPILER="$CXX_BIN" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-  -DSPEEDATTN_SANITIZE=ON -DSPEEDATTN_BUILD_TESTS=OFF -DSPEEDATTN_BUILD_PYTHON=ON \
-  -DPython_EXECUTABLE="$PY" >/dev/null
-"$CMAKE" --build build/asan-py -j "$JOBS"
-PKG=build/asan-py/pkg/speedattn
-rm -rf build/asan-py/pkg && mkdir -p "$PKG"
+"$CMAKE" --build build/asan -j "$JOBS" --target _core
+PKG=build/asan/pkg/speedattn
+rm -rf build/asan/pkg && mkdir -p "$PKG"
 cp python/speedattn/*.py "$PKG"/
-cp build/asan-py/_core*.so "$PKG"/
-cp -P build/asan-py/libspeedattn.so* "$PKG"/ 2>/dev/null || true
-# The build-tree RPATH of _core points at build/asan-py; the copy beside it is a fallback.
-LD_PRELOAD="$LIBASAN" ASAN_OPTIONS="$ASAN_OPTIONS:detect_leaks=0" \
-  PYTHONPATH="$ROOT/build/asan-py/pkg" LD_LIBRARY_PATH="$ROOT/build/asan-py/pkg${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
-  "$PY" tests/sanitize/py_smoke.py
+cp build/asan/_core*.so "$PKG"/
+cp -P build/asan/libspeedattn.so* "$PKG"/ 2>/dev/null || true
+SITE="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+LD_PRELOAD="$LIBASAN" ASAN_OPTIONS="$ASAN_OPTIONS:detect_leaks=0" SANITIZE_EXPECT_PKG="$ROOT/build/asan/pkg" \
+  PYTHONPATH="$ROOT/build/asan/pkg:$SITE" "$PY" -S tests/sanitize/py_smoke.py
 t2=$(date +%s)
 echo "== sanitize: Python done in $((t2 - t1)) s (total $((t2 - t0)) s)"
