@@ -9,6 +9,7 @@
 #include <limits>
 #include <vector>
 
+#include "common/cpu_features.h"
 #include "common/half.h"
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -184,7 +185,7 @@ __attribute__((target("f16c"))) uint16_t hw_to_fp16(float x) {
 __attribute__((target("f16c"))) float hw_to_float(uint16_t h) { return _cvtsh_ss(h); }
 
 TEST(Half, Fp16MatchesF16cHardware) {
-  if (!__builtin_cpu_supports("f16c")) GTEST_SKIP() << "no F16C on this CPU";
+  if (!speedattn::cpu_info().f16c) GTEST_SKIP() << "no F16C on this CPU";
   for (uint32_t u = 0; u < 65536; ++u) {
     const float hw = hw_to_float(uint16_t(u)), sw = to_float(fp16{uint16_t(u)});
     if (std::isnan(hw)) {  // hardware quiets signalling NaNs when widening; any NaN is fine
