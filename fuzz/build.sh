@@ -15,6 +15,7 @@ CMAKE="$(command -v cmake)"
 GEN=()
 command -v ninja >/dev/null && GEN=(-G Ninja)
 DIR="${FUZZ_BUILD_DIR:-build/fuzz}"
-[ -f "$DIR/CMakeCache.txt" ] || "$CMAKE" -S fuzz -B "$DIR" "${GEN[@]}" -DCMAKE_CXX_COMPILER="$CXX" \
-  -DFUZZ_SAN_EXTRA="${FUZZ_CXXFLAGS:-}" >/dev/null
+# Always (re)configure: cheap, and a changed FUZZ_CXXFLAGS rebuilds what it affects.
+[ -f "$DIR/CMakeCache.txt" ] && GEN=()
+"$CMAKE" -S fuzz -B "$DIR" "${GEN[@]}" -DCMAKE_CXX_COMPILER="$CXX" -DFUZZ_SAN_EXTRA="${FUZZ_CXXFLAGS:-}" >/dev/null
 "$CMAKE" --build "$DIR" -j "${JOBS:-1}"

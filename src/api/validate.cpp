@@ -252,7 +252,7 @@ struct Builder {
   }
 
   void scalars() {
-    if (!std::isfinite(o.scale)) value_error("scale: got " + std::to_string(o.scale) + "; expected a finite number");
+    if (!(std::fabs(o.scale) <= 3.4028234663852886e38)) value_error("scale: got " + std::to_string(o.scale) + "; expected a finite float32 number");
     if (!(o.keep_prob > 0.0 && o.keep_prob <= 1.0))
       value_error("keep_prob: got " + std::to_string(o.keep_prob) + "; expected a number in (0, 1]");
     if (o.sparse_mode < 0 || o.sparse_mode > 8)
@@ -430,8 +430,8 @@ struct Builder {
     if (mode == 5 || mode == 6) check_prefix_values();
 
     // The generated band per sequence.
-    const int64_t pre = o.pre_tokens, next = o.next_tokens;
-    const std::string pn = "(pre_tokens=" + std::to_string(pre) + ", next_tokens=" + std::to_string(next) + ")";
+    const int64_t pre = std::clamp(o.pre_tokens, -kNoLimit, kNoLimit), next = std::clamp(o.next_tokens, -kNoLimit, kNoLimit);
+    const std::string pn = "(pre_tokens=" + std::to_string(o.pre_tokens) + ", next_tokens=" + std::to_string(o.next_tokens) + ")";
     int64_t first_ne = -1, last_ne = -1;  // first / last non-empty sequence (modes 7, 8)
     for (int64_t b = 0; b < B; ++b)
       if (p.sq[size_t(b)] > 0) {

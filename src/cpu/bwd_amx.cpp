@@ -285,8 +285,11 @@ struct AmxWorker : Worker<AmxBase> {
     const float* c = exp2c::d5;
     const __m512 e0 = _mm512_set1_ps(c[0]), e1 = _mm512_set1_ps(c[1]), e2 = _mm512_set1_ps(c[2]);
     const __m512 e3 = _mm512_set1_ps(c[3]), e4 = _mm512_set1_ps(c[4]), e5 = _mm512_set1_ps(c[5]);
-    auto exp2v = [&](__m512 t, __mmask16 k) {
-      t = _mm512_max_ps(t, vmin);
+    const __m512 vninf = _mm512_set1_ps(-INFINITY);
+    // k: the lanes to compute; -inf (a -inf logit) gives exactly 0, NaN stays NaN
+    auto exp2v = [&](__m512 t, __mmask16& k) {
+      k = _mm512_mask_cmp_ps_mask(k, t, vninf, _CMP_NEQ_UQ);
+      t = _mm512_max_ps(vmin, t);  // operand order keeps NaN
       const __m512 f = _mm512_reduce_ps(t, 0x09);  // t - floor(t) in [0, 1)
       __m512 pl = _mm512_fmadd_ps(e5, f, e4);
       pl = _mm512_fmadd_ps(pl, f, e3);
@@ -321,7 +324,7 @@ struct AmxWorker : Worker<AmxBase> {
       uint16_t* dsv2 = dSv2 + (r / 2) * kSub * 2;
       for (int j = 0; j < jp; j += 16) {
         const __mmask16 m = j + 16 <= jn ? __mmask16(0xffff) : j < jn ? __mmask16((1u << (jn - j)) - 1u) : 0;
-        const __mmask16 m0 = v0 ? m : 0, m1 = v1 ? m : 0;
+        __mmask16 m0 = v0 ? m : 0, m1 = v1 ? m : 0;  // narrowed by exp2v to P != 0
         const __m512 p0 = exp2v(_mm512_fmadd_ps(_mm512_loadu_ps(s0 + j), c1, vnb0), m0);
         const __m512 p1 = exp2v(_mm512_fmadd_ps(_mm512_loadu_ps(s0 + kSub + j), c1, vnb1), m1);
         const __m512 q0 = _mm512_maskz_mul_ps(m0, p0, _mm512_fmsub_ps(_mm512_loadu_ps(d0 + j), vscale, vds0));
@@ -429,6 +432,18 @@ struct AmxWorker : Worker<AmxBase> {
       std::memset(dVT + d * kLd, 0, size_t(jp) * 4);
     }
     const bool fast_ok = p.pse.kind == PseKind::none && !p.dropout && !sh.dpse && !sl;
+    // k / q / dy / v rows with a NaN / Inf, or a non-finite Dsum (rare): the bf16 products here
+    // would multiply zero weights by them, and an infinite dS splits into Inf + NaN halves; the
+    // fp32 path (bwd_driver.h Worker::kv_block) takes them out.
+    {
+      bool bad = sh.any_qdy_bad(b, g);
+      const uint8_t* kb = sh.kbad.data() + g * sh.Tk + sh.kbase[size_t(b)] + j0;
+      for (int jj = 0; !bad && jj < jn; ++jj) bad = kb[jj] != 0;
+      if (bad) {
+        for (int s0 = 0; s0 < jn; s0 += kSub) kv_block(b, g, c, j0 + s0, std::min(kSub, jn - s0), sl);
+        return;
+      }
+    }
 
     int64_t ia, ie;
     rows_for_keys(p, b, j0, j0 + jn, &ia, &ie);

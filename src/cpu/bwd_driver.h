@@ -116,7 +116,7 @@ inline void grad_row_scalar(const Problem& p, const GradRow& a, float* s, float*
       pd = k ? pr * a.rkp : 0.f;
       dpv = k ? dpv * a.rkp : 0.f;
     }
-    const float ds = pr * (dpv - a.dsum);
+    const float ds = pr == 0.f ? 0.f : pr * (dpv - a.dsum);  // P = 0 (-inf logit): no term
     s[jj] = pd;
     dp[jj] = a.scale * ds;
     if (a.dpse) a.dpse[j * a.dsj] += d.pse_type == 1 ? a.scale * ds : ds;
@@ -260,6 +260,21 @@ struct Shared {
   // P = 2^(qk * scale * log2(e) + nb2) is one FMA and an exp2 (the AMX fast element pass)
   std::vector<float> nb2;
   std::vector<uint8_t> kind;
+  // Non-finite inputs: per (n, compact row) q / dy row has a NaN or Inf; per (kv head, key of
+  // the compact key space, sequence b at kbase[b]) the k row has one. The products whose zero
+  // weights (masked / dropped / P = 0) would meet them take them out of the GEMM and add their
+  // terms where the weight is not 0 (Worker::kv_block; docs/semantics.md "Non-finite inputs").
+  // Bits: qbad 1 = q row, 2 = Dsum non-finite; kbad 1 = k row, 2 = v row (the AMX kernel sends
+  // every one of them to the fp32 path; Worker only needs q, dy and k).
+  std::vector<uint8_t> qbad, dybad, kbad;
+  std::vector<int64_t> kbase;
+  int64_t Tk = 0;
+  bool any_qdy_bad(int64_t b, int64_t g) const {  // some q / dy row of (b, heads of g)
+    for (int64_t n = g * p.G; n < (g + 1) * p.G; ++n)
+      for (int64_t i = 0; i < p.sq[size_t(b)]; ++i)
+        if (qbad[ri(n, b, i)] | dybad[ri(n, b, i)]) return true;
+    return false;
+  }
   std::vector<int64_t> ucount;  // uniform rows per (b, n)
   std::vector<float> uvec;      // (no dropout) sum over uniform rows of dy / sum, per (b, n): D floats
   std::vector<float> dq_acc;    // C x N1 x Tq x D
@@ -315,6 +330,11 @@ inline void store_row_f32(void* base, DType dt, int64_t off, const float* src, i
 inline int64_t op_off(const Problem& p, const Operand& o, bool kv, int64_t b, int64_t n, int64_t i) {
   return b * o.sb + ((kv ? p.row0_kv[size_t(b)] : p.row0_q[size_t(b)]) + i) * o.ss + n * o.sn;
 }
+inline bool nonfinite_row(const float* x, int64_t D) {
+  uint32_t bad = 0;
+  for (int64_t d = 0; d < D; ++d) bad |= uint32_t((fbits(x[d]) & 0x7f800000u) == 0x7f800000u);
+  return bad != 0;
+}
 
 // Pass 1 (parallel over (b, n)): row statistics, Dsum, uniform rows, zeroed dQ partials.
 inline void precompute(Shared& sh) {
@@ -322,7 +342,16 @@ inline void precompute(Shared& sh) {
   const int64_t D = p.D;
   parallel_for(p.B * p.N1, [&](int64_t task, int) {
     const int64_t b = task / p.N1, n = task % p.N1, sq = p.sq[size_t(b)];
-    std::vector<float> dy(static_cast<size_t>(D)), o(static_cast<size_t>(D));
+    std::vector<float> dy(static_cast<size_t>(D)), o(static_cast<size_t>(D)), qk(static_cast<size_t>(D));
+    if (n % p.G == 0) {  // the k rows of kv head n / G
+      for (int64_t j = 0; j < p.skv[size_t(b)]; ++j) {
+        load_row_f32(p.k.data, p.dtype, op_off(p, p.k, true, b, n / p.G, j), qk.data(), D);
+        uint8_t f = nonfinite_row(qk.data(), D) ? 1 : 0;
+        load_row_f32(p.v.data, p.dtype, op_off(p, p.v, true, b, n / p.G, j), qk.data(), D);
+        if (nonfinite_row(qk.data(), D)) f |= 2;
+        sh.kbad[size_t((n / p.G) * sh.Tk + sh.kbase[size_t(b)] + j)] = f;
+      }
+    }
     float* u = sh.uvec.data() + task * D;
     std::fill(u, u + D, 0.f);
     int64_t uc = 0;
@@ -334,6 +363,9 @@ inline void precompute(Shared& sh) {
       float ds = 0.f;
       for (int64_t d = 0; d < D; ++d) ds += dy[size_t(d)] * o[size_t(d)];
       const size_t r = sh.ri(n, b, i);
+      load_row_f32(p.q.data, p.dtype, op_off(p, p.q, false, b, n, i), qk.data(), D);
+      sh.qbad[r] = uint8_t((nonfinite_row(qk.data(), D) ? 1 : 0) | (std::isfinite(ds) ? 0 : 2));
+      sh.dybad[r] = nonfinite_row(dy.data(), D);
       sh.mx[r] = m;
       sh.isum[r] = float(1.0 / double(s));
       sh.nb2[r] = float(-(double(m) * 1.4426950408889634 + std::log2(double(s))));
@@ -382,6 +414,7 @@ struct Worker {
   uint32_t* words;
   RowMeta rm[kBq];
   uint8_t cls[kBq];
+  int nbadk = 0, badk[kBk];  // keys of the current block whose k row has a NaN / Inf
 
   Worker(const Problem& prob, Shared& s) : p(prob), sh(s), D(prob.D), Dp(round_up(prob.D, 16)) {
     KT = bkt.get<float>(size_t(D * kBk));
@@ -411,6 +444,14 @@ struct Worker {
     }
     for (int64_t d = 0; d < D; ++d)
       for (int jj = jn; jj < jpad; ++jj) KT[d * kBk + jj] = VT[d * kBk + jj] = 0.f;
+    // k rows with a NaN / Inf leave Kr (the dQ = dS K operand; KT keeps them for S = Q K^T)
+    nbadk = 0;
+    const uint8_t* kb = sh.kbad.data() + g * sh.Tk + sh.kbase[size_t(b)] + j0;
+    for (int jj = 0; jj < jn; ++jj)
+      if (kb[jj] & 1) {
+        std::memset(Kr + jj * Dp, 0, size_t(D) * 4);
+        badk[nbadk++] = jj;
+      }
     std::memset(dKa, 0, size_t(jn * Dp) * 4);
     std::memset(dVa, 0, size_t(jn * Dp) * 4);
 
@@ -444,14 +485,73 @@ struct Worker {
         E::gemm(R, jpad, int(D), qa, ldq, 1, KT, kBk, S, kBk, false);
         E::gemm(R, jpad, int(D), dya, lddy, 1, VT, kBk, dP, kBk, false);
         grad_rows(b, n, g, ib, rlo, R, j0, jn, S, dP, kBk, sl);
+        // q / dy rows with a NaN / Inf leave the dK / dV operands (zeroed copies; S and dP
+        // above used them): fix_bad_rows adds their terms where the weight is not 0
+        bool qb = false, dyb = false;
+        for (int r = 0; r < R; ++r) {
+          qb |= (sh.qbad[sh.ri(n, b, ib + r)] & 1) != 0;
+          dyb |= sh.dybad[sh.ri(n, b, ib + r)] != 0;
+        }
+        if (qb) qa = zero_bad_rows(sh.qbad, n, b, ib, R, qa, ldq, Q, &ldq);
+        if (dyb) dya = zero_bad_rows(sh.dybad, n, b, ib, R, dya, lddy, dY, &lddy);
         // dV += P'^T dY, dK += (scale dS)^T Q, dQ += (scale dS) K
         E::gemm(jn, int(D), R, S, 1, kBk, dya, lddy, dVa, Dp, true);
         E::gemm(jn, int(D), R, dP, 1, kBk, qa, ldq, dKa, Dp, true);
         E::gemm(R, int(D), jn, dP, kBk, 1, Kr, Dp, sh.dq_row(c, n, b, ib), D, true);
+        if (qb | dyb | (nbadk > 0)) fix_bad_rows(b, n, g, c, ib, R, j0, jn, S, dP, kBk, qb, dyb);
       }
       if (sh.ucount[size_t(b * p.N1 + n)] > 0) uniform_rows(b, n, j0, jn);
     }
     store_kv(b, g, j0, jn);
+  }
+
+  // Rows r < R of a (q or dy) operand at src (row stride ld) with their flag (bad[ri]) cleared
+  // to 0, in buf (row stride Dp; buf may be src's own buffer: rows are copied in place).
+  const float* zero_bad_rows(const std::vector<uint8_t>& bad, int64_t n, int64_t b, int64_t ib, int R, const float* src,
+                             int64_t ld, float* buf, int64_t* ld_out) {
+    for (int r = 0; r < R; ++r) {
+      float* dst = buf + r * Dp;
+      if (bad[sh.ri(n, b, ib + r)] & 1) std::memset(dst, 0, size_t(D) * 4);
+      else if (src + r * ld != dst) std::memcpy(dst, src + r * ld, size_t(D) * 4);
+    }
+    *ld_out = Dp;
+    return buf;
+  }
+
+  // The terms the GEMMs left out (rare): for the flagged q / dy rows r and k rows jj of a tile,
+  // dV[jj] += P'[r][jj] dy[r], dK[jj] += sdS[r][jj] q[r], dQ[r] += sdS[r][jj] k[jj], only where
+  // the weight (P' in Sb, scale * dS in dPb) is not 0 (the reference omits zero-weight terms).
+  void fix_bad_rows(int64_t b, int64_t n, int64_t g, int64_t c, int64_t ib, int R, int64_t j0, int jn,
+                    const float* Sb, const float* dPb, int64_t ld, bool qb, bool dyb) {
+    for (int r = 0; r < R; ++r) {
+      const size_t ri = sh.ri(n, b, ib + r);
+      if (dyb && sh.dybad[ri]) {
+        load_row_f32(p.dy.data, p.dtype, op_off(p, p.dy, false, b, n, ib + r), tmp, D);
+        for (int jj = 0; jj < jn; ++jj) {
+          const float w = Sb[r * ld + jj];
+          if (w != 0.f)
+            for (int64_t d = 0; d < D; ++d) dVa[jj * Dp + d] += w * tmp[d];
+        }
+      }
+      if (qb && (sh.qbad[ri] & 1)) {
+        load_row_f32(p.q.data, p.dtype, op_off(p, p.q, false, b, n, ib + r), tmp, D);
+        for (int jj = 0; jj < jn; ++jj) {
+          const float w = dPb[r * ld + jj];
+          if (w != 0.f)
+            for (int64_t d = 0; d < D; ++d) dKa[jj * Dp + d] += w * tmp[d];
+        }
+      }
+    }
+    for (int t = 0; t < nbadk; ++t) {
+      const int jj = badk[t];
+      load_row_f32(p.k.data, p.dtype, op_off(p, p.k, true, b, g, j0 + jj), tmp, D);
+      for (int r = 0; r < R; ++r) {
+        const float w = dPb[r * ld + jj];
+        if (w == 0.f) continue;
+        float* dq = sh.dq_row(c, n, b, ib + r);
+        for (int64_t d = 0; d < D; ++d) dq[d] += w * tmp[d];
+      }
+    }
   }
 
   // Classifies rows i0 .. i0+ni of (b, n) against keys [j0, j0+jn) into cls[] (kNone: no
@@ -638,6 +738,15 @@ void backward_with(const Problem& p, int64_t Bk, Prepare&& prepare) {
   sh.nb2.resize(rows);
   sh.dsum.resize(rows);
   sh.kind.resize(rows);
+  sh.qbad.assign(rows, 0);
+  sh.dybad.assign(rows, 0);
+  sh.kbase.resize(size_t(p.B));
+  sh.Tk = 0;
+  for (int64_t b = 0; b < p.B; ++b) {
+    sh.kbase[size_t(b)] = sh.Tk;
+    sh.Tk += p.skv[size_t(b)];
+  }
+  sh.kbad.assign(size_t(p.N2 * sh.Tk), 0);
   sh.ucount.assign(size_t(p.B * p.N1), 0);
   sh.uvec.assign(size_t(p.B * p.N1 * p.D), 0.f);
   sh.dq_acc.resize(size_t(sh.plan.C) * rows * size_t(p.D));

@@ -94,9 +94,11 @@ struct BwdEngineAvx512 {
   }
 
   // ---- element semantics -------------------------------------------------------------------
-  static inline __m512 exp_ps(__m512 t) {  // e^t, t <= ~0 (kept logits)
-    __m512 x = _mm512_mul_ps(t, _mm512_set1_ps(kLog2e));
-    x = _mm512_max_ps(x, _mm512_set1_ps(exp2c::kMinArg));
+  // e^t, t <= ~0 (kept logits); NaN -> NaN, -inf -> exactly 0 (as std::exp: a -inf logit has
+  // P = 0 and then contributes nothing), other t clamped at 2^-126.
+  static inline __m512 exp_ps(__m512 t) {
+    const __m512 x0 = _mm512_mul_ps(t, _mm512_set1_ps(kLog2e));
+    const __m512 x = _mm512_max_ps(_mm512_set1_ps(exp2c::kMinArg), x0);  // operand order keeps NaN
     const __m512 f = _mm512_reduce_ps(x, 0x09);  // x - floor(x) in [0, 1)
     const float* c = exp2c::d5;
     __m512 pl = _mm512_set1_ps(c[5]);
@@ -105,7 +107,7 @@ struct BwdEngineAvx512 {
     pl = _mm512_fmadd_ps(pl, f, _mm512_set1_ps(c[2]));
     pl = _mm512_fmadd_ps(pl, f, _mm512_set1_ps(c[1]));
     pl = _mm512_fmadd_ps(pl, f, _mm512_set1_ps(c[0]));
-    return _mm512_scalef_ps(pl, x);  // p * 2^floor(x)
+    return _mm512_maskz_scalef_ps(_mm512_cmp_ps_mask(x0, _mm512_set1_ps(-INFINITY), _CMP_NEQ_UQ), pl, x);  // p * 2^floor(x)
   }
 
   static inline __m512 load_pse(DType dt, const void* base, int64_t idx, __mmask16 k) {
@@ -183,7 +185,9 @@ struct BwdEngineAvx512 {
         pd = _mm512_maskz_mul_ps(kb, pr, vrkp);
         dpv = _mm512_maskz_mul_ps(kb, dpv, vrkp);
       }
-      const __m512 ds = _mm512_mul_ps(pr, _mm512_sub_ps(dpv, vdsum));
+      // dS = 0 at masked lanes and where P = 0 (no 0 * NaN from a non-finite dP or Dsum)
+      const __mmask16 kds = _mm512_mask_cmp_ps_mask(keep, pr, _mm512_setzero_ps(), _CMP_NEQ_UQ);
+      const __m512 ds = _mm512_maskz_mul_ps(kds, pr, _mm512_sub_ps(dpv, vdsum));
       _mm512_mask_storeu_ps(s + jj, m, pd);
       _mm512_mask_storeu_ps(dp + jj, m, _mm512_mul_ps(vscale, ds));
       if (a.dpse) {

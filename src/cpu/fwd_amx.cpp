@@ -25,7 +25,8 @@
 //   O += Ph Vh + Ph Vl + Pl Vh            (P = Ph + Pl to ~2^-16)
 // three AMX passes per GEMM; still well ahead of fp32 FMA (dev/04_fp16_paths.txt).
 // Problems with fewer than kMinRowsPerKvHead rows per kv head use the AVX-512 kernel (AMX tiles of 16
-// rows would be mostly padding, and the pre-pack would not amortise).
+// rows would be mostly padding, and the pre-pack would not amortise); bf16 decode shapes (2..16
+// rows per kv head, D % 32 == 0) use EngineDecodeAmx below (no pre-pack: K rows are the A operand).
 //
 // Tiles: kBq 256 rows x kBk 256 keys: S 256 KiB + P 128 KiB + O 128 KiB (D=128) + Q 64 KiB
 // per core (2 MiB L2). 256 rows per pass over K/V: 4x128 rows x 2 B/key-elem K+V stream is
@@ -71,7 +72,8 @@ static inline __m256i load_bf16x16(const uint16_t* src, __mmask16 k, __m256i* lo
     const __m512 x = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, src));
     const __m256i hi = reinterpret_cast<const __m256i&>(static_cast<const __m256bh&>(_mm512_cvtneps_pbh(x)));
     const __m512 xh = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(hi), 16));
-    const __m256bh l = _mm512_cvtneps_pbh(_mm512_sub_ps(x, xh));
+    // lo = 0 for +-Inf (x - hi would be Inf - Inf = NaN: hi alone carries the Inf)
+    const __m256bh l = _mm512_cvtneps_pbh(_mm512_maskz_sub_ps(~_mm512_fpclass_ps_mask(x, 0x18), x, xh));
     *lo = reinterpret_cast<const __m256i&>(l);
     return hi;
   }
@@ -98,6 +100,8 @@ struct EngineAmx {
   struct Shared {
     int64_t D = 0, Dp32 = 0, Dp16 = 0;
     std::vector<int64_t> skvp, koff, voff;  // per (b, g): padded keys, word offsets
+    std::vector<int64_t> joff;              // per (b, g): first key in vbad
+    std::vector<uint8_t> vbad;              // per key: the value row has a NaN / Inf (packed as 0)
     Buf kbuf, vbuf, klbuf, vlbuf;
     uint32_t* kp = nullptr;
     uint32_t* vp = nullptr;
@@ -108,7 +112,8 @@ struct EngineAmx {
       skvp.resize(size_t(p.B));
       koff.resize(size_t(BG));
       voff.resize(size_t(BG));
-      int64_t kw = 0, vw = 0;
+      joff.resize(size_t(BG));
+      int64_t kw = 0, vw = 0, jw = 0;
       std::vector<std::array<int64_t, 3>> units;  // (b, g, chunk start)
       for (int64_t b = 0; b < p.B; ++b) {
         const int64_t skv = p.skv[size_t(b)];
@@ -117,12 +122,15 @@ struct EngineAmx {
         for (int64_t g = 0; g < p.N2; ++g) {
           koff[size_t(b * p.N2 + g)] = kw;
           voff[size_t(b * p.N2 + g)] = vw;
+          joff[size_t(b * p.N2 + g)] = jw;
           if (!used) continue;
+          jw += skvp[size_t(b)];
           kw += Dp32 / 2 * skvp[size_t(b)];
           vw += skvp[size_t(b)] / 2 * Dp16;
           for (int64_t j = 0; j < skvp[size_t(b)]; j += kPackKeys) units.push_back({b, g, j});
         }
       }
+      vbad.assign(size_t(jw), 0);
       kp = kbuf.get<uint32_t>(size_t(kw));
       vp = vbuf.get<uint32_t>(size_t(vw));
       if (kSplit) {
@@ -171,14 +179,27 @@ struct EngineAmx {
           }
         }
       }
-      // V: key pairs interleaved per column
+      // V: key pairs interleaved per column. Rows with a NaN / Inf are packed as 0 and
+      // flagged: fwd_driver.h fix_bad_v adds them where P != 0 (P = 0 never meets an Inf).
+      const __m512i vexp = _mm512_set1_epi16(int16_t(kSplit ? 0x7c00 : 0x7f80));
+      auto nonfinite = [&](int64_t j) {
+        if (j >= skv) return false;
+        const uint16_t* row = V + vb + j * p.v.ss;
+        __mmask32 bad = 0;
+        for (int64_t d = 0; d < D; d += 32)
+          bad |= _mm512_cmpeq_epi16_mask(_mm512_and_si512(_mm512_maskz_loadu_epi16(lanes32(D - d), row + d), vexp), vexp);
+        if (bad) vbad[size_t(joff[size_t(b * p.N2 + g)] + j)] = 1;
+        return bad != 0;
+      };
       for (int64_t j = j0; j < j0 + nj; j += 2) {
+        const bool za = nonfinite(j), zc = nonfinite(j + 1);
         for (int64_t d = 0; d < Dp16; d += 16) {
           const __mmask16 kd = lanes(D - d);
           __m256i al = _mm256_setzero_si256(), cl = _mm256_setzero_si256();
-          const __m256i a = j < skv ? load_bf16x16<kSplit>(V + vb + j * p.v.ss + d, kd, &al) : _mm256_setzero_si256();
-          const __m256i c =
-              j + 1 < skv ? load_bf16x16<kSplit>(V + vb + (j + 1) * p.v.ss + d, kd, &cl) : _mm256_setzero_si256();
+          const __m256i a =
+              j < skv && !za ? load_bf16x16<kSplit>(V + vb + j * p.v.ss + d, kd, &al) : _mm256_setzero_si256();
+          const __m256i c = j + 1 < skv && !zc ? load_bf16x16<kSplit>(V + vb + (j + 1) * p.v.ss + d, kd, &cl)
+                                               : _mm256_setzero_si256();
           const int64_t jp = j / 2, at = (jp / 16) * (Dp16 / 16) * 256 + (d / 16) * 256 + (jp % 16) * 16;
           _mm512_storeu_si512(vdst + at, _mm512_or_si512(_mm512_cvtepu16_epi32(a),
                                                          _mm512_slli_epi32(_mm512_cvtepu16_epi32(c), 16)));
@@ -210,6 +231,8 @@ struct EngineAmx {
   uint8_t cls_[kBq];
   int kend_[kBq];
   alignas(64) uint32_t words_[kWords];
+  int nbad_ = 0;  // keys of the current block whose value row has a NaN / Inf (Shared::vbad)
+  int bad_[kBk];
 
   EngineAmx(const Problem& p, const Shared& s)
       : sh(s), D(p.D), Dp32(round_up(p.D, 32)), Dp16(round_up(p.D, 16)) {
@@ -246,6 +269,10 @@ struct EngineAmx {
   float* tmprow2() { return tmp2; }
   float* orow(int r) { return O + r * Dp16; }
   float* srow(int r) { return S + r * kBk; }
+  int nbad_v() const { return nbad_; }
+  const int* bad_v() const { return bad_; }
+  float p_at(int r, int jj) const { return bf16_to_f(P[r * kBk + jj]) + bf16_to_f(Pl[r * kBk + jj]); }
+  static int64_t opos(int64_t d) { return d; }
 
   static void store_row(void* base, DType dt, int64_t off, const float* src, int64_t D) {
     store_row_avx512(base, dt, off, src, D);
@@ -270,8 +297,12 @@ struct EngineAmx {
   }
   void end_task() { _tile_release(); }
 
-  void load_kv(const Problem& p, int64_t b, int64_t g, int64_t j0, int) {
+  void load_kv(const Problem& p, int64_t b, int64_t g, int64_t j0, int jn) {
     kstride = sh.skvp[size_t(b)];
+    nbad_ = 0;
+    const uint8_t* vb = sh.vbad.data() + sh.joff[size_t(b * p.N2 + g)] + j0;
+    for (int jj = 0; jj < jn; ++jj)
+      if (vb[jj]) bad_[nbad_++] = jj;
     kcur = sh.kp + sh.koff[size_t(b * p.N2 + g)] + (j0 / 16) * (Dp32 / 2) * 16;
     vcur = sh.vp + sh.voff[size_t(b * p.N2 + g)] + (j0 / 32) * (Dp16 / 16) * 256;
     if (kSplit) {
@@ -503,8 +534,8 @@ struct EngineAmx {
       const __m512 x0 = _mm512_maskz_loadu_ps(k0, s + j), x1 = _mm512_maskz_loadu_ps(k1, s + j + 16);
       __mmask16 m0 = k0, m1 = k1;
       if (general) {
-        m0 &= _mm512_cmp_ps_mask(x0, vmasked, _CMP_NEQ_OQ);
-        m1 &= _mm512_cmp_ps_mask(x1, vmasked, _CMP_NEQ_OQ);
+        m0 &= _mm512_cmp_ps_mask(x0, vmasked, _CMP_NEQ_UQ);
+        m1 &= _mm512_cmp_ps_mask(x1, vmasked, _CMP_NEQ_UQ);
       }
       __m512 p0 = _mm512_maskz_mov_ps(m0, exp2_ps<4>(_mm512_fmsub_ps(x0, vc, vmb)));
       __m512 p1 = _mm512_maskz_mov_ps(m1, exp2_ps<4>(_mm512_fmsub_ps(x1, vc, vmb)));
@@ -614,6 +645,168 @@ struct EngineAmx {
   }
 };
 
+#include "cpu/fwd_decode_avx512.h"
+
+// The decode engine with QK on the tiles (bf16, D % 32 == 0): S^T[16 keys][16 rows] = K Q^T
+// with the K rows, straight from the input, as the A operand (row-major K IS the A layout:
+// 16 keys x 32 d per tile, row stride = the K row stride) and Q^T packed once per task as the
+// B operand (VNNI pairs of d). D/32 TDPs per 16 keys + one 16x16 in-register transpose into the
+// S rows, against ~8 + 12 R vector ops per key in EngineDecode::qk (dev/08_decode_engine.txt).
+// O += P V on the tiles too when tasks hold >= kMinRowsTilePv rows (else the vector PV of
+// EngineDecode, O in its engine order): per block V is packed to VNNI key pairs (one vpermt2w per 16 d of
+// two keys) and P is split P = Ph + Pl exactly as in EngineAmx (SPEC §11, dev/07); 2 x D/16 x
+// jn/32 TDPs per block on all 16 tile rows, O (natural element order, 16 x Dv fp32) loaded and
+// stored once per block per pair of 16-column tiles.
+struct EngineDecodeAmx : EngineDecode<DType::bfloat16> {
+  using Base = EngineDecode<DType::bfloat16>;
+  Buf bqt, bks, bvp, bph, bpl;
+  uint32_t* Qt;   // [Dv/32][16 d-pairs][16 rows]: (Q[r][32c+2kk], Q[r][32c+2kk+1]); rows >= R zero
+  uint16_t* Ks;   // [16][Dv] zero-padded staging for a key group that ends inside the block
+  uint32_t* Vp;   // [kBk/32][Dv/16][16 key pairs][16 d]: (V[2kp][d], V[2kp+1][d]) of the block
+  uint16_t* Ph;   // [16][kBk] bf16 high halves of P (truncation)
+  uint16_t* Pl;   // [16][kBk] bf16(P - Ph)
+  alignas(64) float C[256];
+  // Tile PV pays a V repack (vpermt2w) and 2 x 16-row TDPs per 32 keys whatever the row count:
+  // N32/N2 2 (16 rows) 96-98 vs 80 GFLOP/cpu-s with vector PV, N32/N2 8 (4 rows) 24-26 vs 29-30
+  // (dev/08_decode_engine.txt): the crossover lies between, 8 rows.
+  static constexpr int kMinRowsTilePv = 8;
+  bool tile_pv = false;
+  // position of element d in an O row (fwd_driver.h fix_bad_v): tile PV keeps natural order
+  int64_t opos(int64_t d) const { return tile_pv ? d : Base::opos(d); }
+  EngineDecodeAmx(const Problem& p, const Shared& s) : Base(p, s) {
+    int64_t max_sq = 0;
+    for (int64_t q : p.sq) max_sq = std::max(max_sq, q);
+    tile_pv = max_sq * p.G >= kMinRowsTilePv;
+    Qt = bqt.get<uint32_t>(size_t(Dv / 2 * 16));
+    Ks = bks.get<uint16_t>(size_t(16 * Dv));
+    Vp = bvp.get<uint32_t>(size_t(kBk / 2 * Dv));
+    Ph = bph.get<uint16_t>(size_t(16 * kBk));
+    Pl = bpl.get<uint16_t>(size_t(16 * kBk));
+  }
+  void pv(int rlo, int rhi, int jn) {
+    if (!tile_pv) return Base::pv(rlo, rhi, jn);
+    const int jn32 = int(round_up(jn, 32));
+    const uint16_t* V = static_cast<const uint16_t*>(vdat);
+    const __m512i ilo = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8, 39, 7, 38, 6,
+                                         37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
+    const __m512i ihi = _mm512_set_epi16(63, 31, 62, 30, 61, 29, 60, 28, 59, 27, 58, 26, 57, 25, 56, 24, 55, 23, 54,
+                                         22, 53, 21, 52, 20, 51, 19, 50, 18, 49, 17, 48, 16);
+    for (int j = 0; j < jn32; j += 2) {  // V key pairs -> VNNI tiles
+      const int64_t kp = (j % 32) / 2;
+      uint32_t* dst = Vp + (j / 32) * (Dv / 16) * 256 + kp * 16;
+      for (int64_t d = 0; d < Dv; d += 32) {
+        const __m512i a = j < jn ? _mm512_loadu_si512(V + voff + j * vss + d) : _mm512_setzero_si512();
+        const __m512i b = j + 1 < jn ? _mm512_loadu_si512(V + voff + (j + 1) * vss + d) : _mm512_setzero_si512();
+        _mm512_storeu_si512(dst + (d / 16) * 256, _mm512_permutex2var_epi16(a, ilo, b));
+        _mm512_storeu_si512(dst + (d / 16 + 1) * 256, _mm512_permutex2var_epi16(a, ihi, b));
+      }
+    }
+    const __m512i odd16 = _mm512_set_epi16(63, 61, 59, 57, 55, 53, 51, 49, 47, 45, 43, 41, 39, 37, 35, 33, 31, 29,
+                                           27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+    const __m512 hmask = _mm512_castsi512_ps(_mm512_set1_epi32(int32_t(0xffff0000u)));
+    for (int r = 0; r < 16; ++r) {  // P = Ph + Pl; rows outside [rlo, rhi) are 0 this block
+      const bool live = r >= rlo && r < rhi;
+      for (int j = 0; j < jn32; j += 32) {
+        const __m512 p0 = live ? _mm512_maskz_loadu_ps(lanes(jn - j), S + r * kBk + j) : _mm512_setzero_ps();
+        const __m512 p1 = live ? _mm512_maskz_loadu_ps(lanes(jn - j - 16), S + r * kBk + j + 16) : _mm512_setzero_ps();
+        _mm512_storeu_si512(Ph + r * kBk + j,
+                            _mm512_permutex2var_epi16(_mm512_castps_si512(p0), odd16, _mm512_castps_si512(p1)));
+        const __m512bh pl = _mm512_cvtne2ps_pbh(_mm512_sub_ps(p1, _mm512_and_ps(p1, hmask)),
+                                                _mm512_sub_ps(p0, _mm512_and_ps(p0, hmask)));
+        _mm512_storeu_si512(Pl + r * kBk + j, reinterpret_cast<const __m512i&>(pl));
+      }
+    }
+    const int64_t os = Dv * 4, ps = kBk * 2;
+    for (int64_t t = 0; t < Dv / 16; t += 2) {  // Dv % 32 == 0: column tiles come in pairs
+      _tile_loadd(0, O + 16 * t, os);
+      _tile_loadd(1, O + 16 * t + 16, os);
+      for (int k = 0; k < jn32; k += 32) {
+        const uint32_t* vb = Vp + (k / 32) * (Dv / 16) * 256 + t * 256;
+        _tile_loadd(2, Ph + k, ps);
+        _tile_loadd(3, Pl + k, ps);
+        _tile_loadd(4, vb, 64);
+        _tile_loadd(5, vb + 256, 64);
+        _tile_dpbf16ps(0, 2, 4);
+        _tile_dpbf16ps(1, 2, 5);
+        _tile_dpbf16ps(0, 3, 4);
+        _tile_dpbf16ps(1, 3, 5);
+      }
+      _tile_stored(0, O + 16 * t, os);
+      _tile_stored(1, O + 16 * t + 16, os);
+    }
+  }
+  void begin_task(const Problem& p, int64_t b, int64_t g, const RowMeta* rm, int R) {
+    Base::begin_task(p, b, g, rm, R);
+    load_tile_config();
+    const uint16_t* q = static_cast<const uint16_t*>(p.q.data);
+    for (int r = 0; r < 16; ++r) {
+      const uint16_t* row =
+          r < R ? q + b * p.q.sb + (p.row0_q[size_t(b)] + rm[r].i) * p.q.ss + rm[r].n * p.q.sn : nullptr;
+      for (int64_t kp = 0; kp < Dv / 2; ++kp)  // d pair kp = (c, kk): Qt[(c*16 + kk)*16 + r]
+        Qt[kp * 16 + r] = row ? uint32_t(row[2 * kp]) | (uint32_t(row[2 * kp + 1]) << 16) : 0u;
+    }
+  }
+  void end_task() {
+    _tile_release();
+    if (!tile_pv) Base::end_task();  // vector PV: O back from engine order (tile PV: natural)
+  }
+  void qk(int rlo, int rhi, int jn) {
+    const uint16_t* K = static_cast<const uint16_t*>(kdat);
+    for (int j = 0; j < jn; j += 16) {
+      const int nk = std::min(16, jn - j);
+      const uint16_t* a = K + koff + j * kss;
+      int64_t as = kss * 2;
+      if (nk < 16) {  // never read keys past the block end (the tensor may end there)
+        for (int jj = 0; jj < 16; ++jj)
+          for (int64_t d = 0; d < Dv; d += 32)
+            _mm512_storeu_si512(Ks + jj * Dv + d, jj < nk ? _mm512_loadu_si512(a + jj * kss + d) : _mm512_setzero_si512());
+        a = Ks;
+        as = Dv * 2;
+      }
+      _tile_zero(0);
+      for (int64_t c = 0; c < Dv / 32; ++c) {
+        _tile_loadd(1, a + 32 * c, as);
+        _tile_loadd(2, Qt + c * 256, 64);
+        _tile_dpbf16ps(0, 1, 2);
+      }
+      _tile_stored(0, C, 64);
+      __m512 x[16];
+      for (int jj = 0; jj < 16; ++jj) x[jj] = _mm512_load_ps(C + 16 * jj);
+      transpose16x16(x);  // x[r][jj] = S[r][j + jj]
+      for (int r = rlo; r < rhi; ++r) _mm512_storeu_ps(S + r * kBk + j, x[r]);
+    }
+  }
+};
+
+// Whether q or k holds a +-Inf (or NaN) float16 value. The fp16 split computes
+// S = Qh Kh + Qh Kl + Ql Kh, and with an infinite element one of the lo halves is 0 against
+// an Inf (0 * Inf = NaN where q . k is +-Inf): such problems take the fp32 AVX-512 kernel.
+// One pass over q and k (O(S*D), parallel; ~1% of the three-pass AMX work).
+inline bool fp16_qk_nonfinite(const Problem& p) {
+  const __m512i e = _mm512_set1_epi16(int16_t(0x7c00));
+  auto bad_rows = [&](const Operand& o, bool kv, int64_t b, int64_t n, int64_t rows) {
+    const uint16_t* base = static_cast<const uint16_t*>(o.data);
+    for (int64_t i = 0; i < rows; ++i) {
+      const uint16_t* r = base + b * o.sb + ((kv ? p.row0_kv[size_t(b)] : p.row0_q[size_t(b)]) + i) * o.ss + n * o.sn;
+      __mmask32 bad = 0;
+      for (int64_t d = 0; d < p.D; d += 32)
+        bad |= _mm512_cmpeq_epi16_mask(_mm512_and_si512(_mm512_maskz_loadu_epi16(lanes32(p.D - d), r + d), e), e);
+      if (bad) return true;
+    }
+    return false;
+  };
+  std::vector<uint8_t> hit(size_t(p.B * (p.N1 + p.N2)), 0);
+  parallel_for(p.B * (p.N1 + p.N2), [&](int64_t t, int) {
+    const int64_t b = t / (p.N1 + p.N2), h = t % (p.N1 + p.N2);
+    if (p.sq[size_t(b)] == 0) return;
+    hit[size_t(t)] = h < p.N1 ? bad_rows(p.q, false, b, h, p.sq[size_t(b)])
+                              : bad_rows(p.k, true, b, h - p.N1, p.skv[size_t(b)]);
+  });
+  for (uint8_t x : hit)
+    if (x) return true;
+  return false;
+}
+
 }  // namespace SA_NS
 
 namespace cpu {
@@ -621,19 +814,32 @@ namespace cpu {
 // the K/V pre-pack would cost as much as the attention itself).
 constexpr int64_t kMinRowsPerKvHead = 32;
 
-static bool use_amx(const Problem& p, DType want) {
+// Decode-shaped bf16 problems (fwd_decode_avx512.h) with at least this many rows per kv head
+// take the tile engine EngineDecodeAmx: at 1 row the vector engine was as fast or faster
+// (N32/32: 7.3-7.7 vs 7.8-8.3 GFLOP/cpu-s with tile QK), from 4 rows the tiles win
+// (dev/08_decode_engine.txt).
+constexpr int64_t kMinRowsDecodeAmx = 2;
+
+static int64_t max_rows_per_kv_head(const Problem& p) {
   int64_t max_sq = 0;
   for (int64_t s : p.sq) max_sq = std::max(max_sq, s);
-  return p.dtype == want && max_sq * p.G >= kMinRowsPerKvHead && request_amx_permission();
+  return max_sq * p.G;
+}
+
+static bool use_amx(const Problem& p, DType want) {
+  return p.dtype == want && max_rows_per_kv_head(p) >= kMinRowsPerKvHead && request_amx_permission();
 }
 
 void fwd_amx_bf16(const Problem& p) {
   if (use_amx(p, DType::bfloat16)) SA_NS::forward<SA_NS::EngineAmx<false>>(p);
+  else if (p.dtype == DType::bfloat16 && p.D % 32 == 0 && SA_NS::decode_shape(p) &&
+           max_rows_per_kv_head(p) >= kMinRowsDecodeAmx && request_amx_permission())
+    SA_NS::forward<SA_NS::EngineDecodeAmx>(p);
   else fwd_avx512(p);
 }
 
 void fwd_amx_fp16(const Problem& p) {
-  if (use_amx(p, DType::float16)) SA_NS::forward<SA_NS::EngineAmx<true>>(p);
+  if (use_amx(p, DType::float16) && !SA_NS::fp16_qk_nonfinite(p)) SA_NS::forward<SA_NS::EngineAmx<true>>(p);
   else fwd_avx512(p);
 }
 }  // namespace cpu

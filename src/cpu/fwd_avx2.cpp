@@ -57,9 +57,9 @@ static inline void pv_tile_avx2(float* O, int64_t Dp, const float* P, int64_t ld
   }
 }
 
-// 2^t, t clamped at -126 (tile/exp2_poly.h degree 5).
+// 2^t, t clamped at -126 (tile/exp2_poly.h degree 5); NaN in, NaN out.
 static inline __m256 exp2_avx2(__m256 t) {
-  t = _mm256_max_ps(t, _mm256_set1_ps(exp2c::kMinArg));
+  t = _mm256_max_ps(_mm256_set1_ps(exp2c::kMinArg), t);  // operand order: NaN t propagates
   const __m256 fl = _mm256_floor_ps(t);
   const __m256 f = _mm256_sub_ps(t, fl);
   __m256 p = _mm256_set1_ps(exp2c::d5[5]);
@@ -116,7 +116,7 @@ struct EngineAvx2 : EnginePortable<128, 256> {
     for (; j + 8 <= jn; j += 8) {
       const __m256 x = _mm256_loadu_ps(s + j);
       __m256 pv = exp2_avx2(_mm256_mul_ps(_mm256_fmsub_ps(x, vxs, vmn), vl2e));
-      if (general) pv = _mm256_and_ps(pv, _mm256_cmp_ps(x, vmasked, _CMP_NEQ_OQ));
+      if (general) pv = _mm256_and_ps(pv, _mm256_cmp_ps(x, vmasked, _CMP_NEQ_UQ));
       acc = _mm256_add_ps(acc, pv);
       _mm256_storeu_ps(s + j, pv);
     }

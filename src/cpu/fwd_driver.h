@@ -35,6 +35,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <vector>
 
@@ -222,8 +223,15 @@ inline RowMeta make_row_meta(const Problem& p, int64_t b, int64_t n, int64_t i) 
   return m;
 }
 
-// Classification of a row within a key tile [j0, j1).
-enum : uint8_t { kNone = 0, kFull = 1, kPartial = 2 };
+// Classification of a row within a key tile [j0, j1). band_class returns the first three;
+// run_task refines kPartial to kPrefix when the kept keys are exactly [j0, j0 + kend) with
+// plain logits (no pse, scale > 0, explicit mask all-kept there): the causal / band diagonal
+// then takes the engines' plain softmax pass over the first kend keys.
+enum : uint8_t { kNone = 0, kFull = 1, kPartial = 2, kPrefix = 3 };
+
+// Kept keys of the row inside [j0, j1) form one run starting at j0 (given band_class said
+// kPartial and no explicit mask byte is set there): [lo, hi) U [0, ph) with lo <= j0 or ph >= lo.
+inline bool band_prefix_run(const RowMeta& m, int64_t j0) { return m.lo <= j0 || m.ph >= m.lo; }
 
 inline uint8_t band_class(const RowMeta& m, int64_t j0, int64_t j1) {
   if ((m.lo <= j0 && j1 <= m.hi) || j1 <= m.ph) return kFull;
@@ -413,6 +421,35 @@ inline void write_stats(const Problem& p, int64_t b, const RowMeta& rm, float mx
   }
 }
 
+// Non-finite inputs (docs/semantics.md): the running max m may drop a NaN logit (the max
+// instructions return one operand), but the exp pass keeps it, so the row's sum l is NaN.
+// A NaN l is then either a NaN logit (max = NaN, as the reference) or a +inf one (inf - inf:
+// max stays +inf). This rare path tells them apart from the inputs, in float64 as the reference.
+inline bool row_has_nan_logit(const Problem& p, int64_t b, const RowMeta& rm) {
+  const int64_t g = rm.n / p.G, skv = p.skv[size_t(b)];
+  const int64_t qoff = b * p.q.sb + (p.row0_q[size_t(b)] + rm.i) * p.q.ss + rm.n * p.q.sn;
+  const PseDesc& d = p.pse;
+  for (int64_t j = rm.first(); j < std::min(rm.last_end(), skv); ++j) {
+    if (!((j >= rm.lo && j < rm.hi) || j < rm.ph)) continue;
+    if (rm.mrow && rm.mrow[j * p.mask.sj] != 0) continue;
+    const int64_t koff = b * p.k.sb + (p.row0_kv[size_t(b)] + j) * p.k.ss + g * p.k.sn;
+    double qk = 0.0;
+    for (int64_t e = 0; e < p.D; ++e)
+      qk += double(load_elem(p.q.data, p.dtype, qoff + e)) * double(load_elem(p.k.data, p.dtype, koff + e));
+    double x = p.scale * qk;
+    if (d.kind == PseKind::tensor) {
+      const double bias = load_elem(d.data, d.dtype, rm.pse_base + j * d.sj);
+      x = d.pse_type == 1 ? p.scale * (qk + bias) : x + bias;
+    } else if (d.kind == PseKind::slopes) {
+      double dist = std::fabs(double(j + rm.dist0));
+      if (d.pse_type == 3) dist = std::sqrt(dist);
+      x -= double(rm.slope) * dist;
+    }
+    if (std::isnan(x)) return true;
+  }
+  return false;
+}
+
 // Writes one finished row: o (unnormalised, D floats; may be clobbered), m, l.
 template <class E>
 inline void finish_row(const Problem& p, int64_t b, const RowMeta& rm, float* o, float m, float l, float* tmp,
@@ -431,10 +468,29 @@ inline void finish_row(const Problem& p, int64_t b, const RowMeta& rm, float* o,
     }
     return;
   }
+  if (l != l && m == m && row_has_nan_logit(p, b, rm)) m = l;  // NaN-sticky max (rare path)
   const float inv = float(1.0 / (double(l) * p.keep_prob));
   for (int64_t d = 0; d < p.D; ++d) tmp[d] = o[d] * inv;
   E::store_row(out, p.dtype, ooff, tmp, p.D);
   write_stats(p, b, rm, m, l);
+}
+
+// Value rows with a NaN / Inf: the engines zero them in the PV operand (P = 0 at masked and
+// dropped positions must not meet an Inf: 0 * Inf = NaN) and list them (nbad_v / bad_v);
+// their terms are added here, only where P != 0 (the reference omits zero-weight terms).
+template <class E>
+inline void fix_bad_v(const Problem& p, E& e, int64_t b, int64_t g, int64_t j0, int lo, int hi) {
+  const int nb = e.nbad_v();
+  const int* bad = e.bad_v();
+  for (int t = 0; t < nb; ++t) {
+    const int64_t off = b * p.v.sb + (p.row0_kv[size_t(b)] + j0 + bad[t]) * p.v.ss + g * p.v.sn;
+    for (int r = lo; r < hi; ++r) {
+      const float w = e.p_at(r, bad[t]);
+      if (w == 0.f) continue;
+      float* o = e.orow(r);
+      for (int64_t d = 0; d < p.D; ++d) o[e.opos(d)] += w * load_elem(p.v.data, p.dtype, off + d);
+    }
+  }
 }
 
 // Split-KV partial results: per (group, split) slot, kBq rows of (O[D], m, l).
@@ -503,12 +559,14 @@ void run_task(const Problem& p, const Task& t, E& e, const Partials* parts) {
     int rlo = R, rhi = 0;
     for (int r = 0; r < R; ++r) {
       uint8_t c = band_class(rm[r], j0, j1);
+      bool mask_mixed = false;
       if (c != kNone && has_mask) {
         const int ms = mask_scan(rm[r].mrow + j0 * p.mask.sj, p.mask.sj, jn);
         if (ms == 2) c = kNone;
-        else if (ms == 1) c = kPartial;
+        else if (ms == 1) c = kPartial, mask_mixed = true;
       }
       if (c == kFull && !plain_ok) c = kPartial;
+      if (c == kPartial && plain_ok && !mask_mixed && band_prefix_run(rm[r], j0)) c = kPrefix;
       cls[r] = c;
       // keys of this block the row can keep (band/causal right edge); engines may skip the
       // key tiles of a row block beyond the block's largest kend (their P is 0)
@@ -531,8 +589,9 @@ void run_task(const Problem& p, const Task& t, E& e, const Partials* parts) {
       float mx, xs;
       bool general;
       int jr = int(jn);  // keys of the row's softmax pass; P[jr, jn) is zeroed
-      if (cls[r] == kFull) {
-        mx = e.row_max(s, int(jn)) * scale;
+      if (cls[r] == kFull || cls[r] == kPrefix) {
+        if (cls[r] == kPrefix) jr = kend[r];
+        mx = e.row_max(s, jr) * scale;
         xs = scale;
         general = false;
       } else {
@@ -542,10 +601,16 @@ void run_task(const Problem& p, const Task& t, E& e, const Partials* parts) {
         general = true;
       }
       const float mo = m[r];
-      const float mn = std::max(mo, mx);
-      if (mn == kMasked) {  // nothing kept in this row so far: contributes nothing
-        e.zero_p(r, int(jn));
-        return;
+      // NaN-sticky (std::max(mo, mx) keeps a NaN mo, drops a NaN mx)
+      float mn = mx != mx ? mx : std::max(mo, mx);
+      if (mn == kMasked) {  // nothing kept in this row so far: contributes nothing ...
+        bool nan = false;   // ... unless the block max dropped NaN logits (rare)
+        for (int j = 0; j < jr; ++j) nan |= s[j] != s[j];
+        if (!nan) {
+          e.zero_p(r, int(jn));
+          return;
+        }
+        mn = std::numeric_limits<float>::quiet_NaN();
       }
       const uint32_t* w = nullptr;
       if (p.dropout) {
@@ -588,6 +653,7 @@ void run_task(const Problem& p, const Task& t, E& e, const Partials* parts) {
         if (k >= 2) {
           const int s0 = a0 + (k - 2) * E::kStrip;
           e.pv_overlap(std::max(s0, rlo), std::min(s0 + E::kStrip, rhi), int(jn), step);
+          if (e.nbad_v()) fix_bad_v(p, e, b, t.g, j0, std::max(s0, rlo), std::min(s0 + E::kStrip, rhi));
         }
         while (next < end) softmax_row(next++);
       }
@@ -601,6 +667,7 @@ void run_task(const Problem& p, const Task& t, E& e, const Partials* parts) {
         for (int r = lo; r < hi; ++r) softmax_row(r);
         SA_TICK(2);
         e.pv(lo, hi, int(jn));
+        if (e.nbad_v()) fix_bad_v(p, e, b, t.g, j0, lo, hi);
         SA_TICK(3);
       }
     }

@@ -30,6 +30,8 @@ struct EnginePortable {
   uint8_t cls_[kBq];
   int kend_[kBq];
   uint32_t words_[kWords];
+  int nbad_ = 0;     // value rows of the current block with a NaN / Inf (zeroed in V; fwd_driver.h
+  int bad_[kBk];     // fix_bad_v adds them back where P != 0)
 
   EnginePortable(const Problem& prob, const Shared&) : p(prob), D(prob.D), Dp(round_up(prob.D, 16)) {
     Q = bq.get<float>(size_t(kBq * Dp));
@@ -56,6 +58,10 @@ struct EnginePortable {
   float* tmprow2() { return tmp2; }
   float* orow(int r) { return O + r * Dp; }
   float* srow(int r) { return S + r * kBk; }
+  int nbad_v() const { return nbad_; }
+  const int* bad_v() const { return bad_; }
+  float p_at(int r, int jj) const { return S[r * kBk + jj]; }
+  static int64_t opos(int64_t d) { return d; }
 
   static void load_row(const void* base, DType dt, int64_t off, float* dst, int64_t D) {
     switch (dt) {
@@ -88,12 +94,20 @@ struct EnginePortable {
   void load_kv(const Problem& pr, int64_t b, int64_t g, int64_t j0, int jn) {
     const int jn16 = int(round_up(jn, 16));
     float* row = tmp;
+    nbad_ = 0;
     for (int jj = 0; jj < jn; ++jj) {
       const int64_t koff = b * pr.k.sb + (pr.row0_kv[size_t(b)] + j0 + jj) * pr.k.ss + g * pr.k.sn;
       load_row(pr.k.data, pr.dtype, koff, row, D);
       for (int64_t d = 0; d < D; ++d) Kt[d * kBk + jj] = row[d];
       const int64_t voff = b * pr.v.sb + (pr.row0_kv[size_t(b)] + j0 + jj) * pr.v.ss + g * pr.v.sn;
-      load_row(pr.v.data, pr.dtype, voff, V + jj * Dp, D);
+      float* vr = V + jj * Dp;
+      load_row(pr.v.data, pr.dtype, voff, vr, D);
+      uint32_t nonfinite = 0;
+      for (int64_t d = 0; d < D; ++d) nonfinite |= uint32_t((fbits(vr[d]) & 0x7f800000u) == 0x7f800000u);
+      if (nonfinite) {
+        std::memset(vr, 0, size_t(D) * sizeof(float));
+        bad_[nbad_++] = jj;
+      }
     }
     for (int64_t d = 0; d < D; ++d)
       for (int jj = jn; jj < jn16; ++jj) Kt[d * kBk + jj] = 0.f;
@@ -143,6 +157,7 @@ struct EnginePortable {
   }
 
   static inline float exp2f_poly(float t) {
+    if (t != t) return t;  // NaN propagates (and int(NaN) below would be UB)
     t = std::max(t, exp2c::kMinArg);
     int e = int(t);
     if (float(e) > t) e -= 1;

@@ -12,7 +12,8 @@ namespace cpu {
 void fwd_scalar(const Problem& p);
 // AVX2 + FMA + F16C: the portable engine compiled for AVX2 (fp32 compute).
 void fwd_avx2(const Problem& p);
-// AVX-512 (F/BW/VL/DQ): fp32 FMA micro-kernels, conversion on load for bf16 / fp16.
+// AVX-512 (F/BW/VL/DQ): fp32 FMA micro-kernels, conversion on load for bf16 / fp16; problems
+// with S1 * G <= 16 rows per kv head use its decode engine (K/V streamed once, no transpose).
 void fwd_avx512(const Problem& p);
 // AMX-BF16 for bfloat16 inputs (falls back to fwd_avx512 for tiny row counts).
 void fwd_amx_bf16(const Problem& p);

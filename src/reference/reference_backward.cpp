@@ -3,20 +3,26 @@
 // For each sequence b and kv head g, K and V (S2 x D) are converted to double once; dK and
 // dV of (b, g) accumulate in double over the G query heads n of the group and all their rows,
 // then are rounded once. Per query row i (O(S2) scratch):
-//   x[j]      logits as in the forward (masked: -FLT_MAX); P = exp(x - max) / sum with the
-//             SAVED max / sum (p.smax_in / p.ssum_in), so a "uniform" fully masked row has
-//             P = 1/S2 everywhere and masked positions of other rows have P = 0
+//   x[j]      logits as in the forward; P = exp(x - max) / sum with the SAVED max / sum
+//             (p.smax_in / p.ssum_in) at KEPT positions only
+//   rows whose saved max is -FLT_MAX are fully masked rows (SPEC §4): with p.invalid_line
+//             they contribute nothing, else ("uniform") P = 1 / sum at EVERY key and they
+//             only feed dV (their logits are constants: dS = 0)
 //   Dsum      sum_d dy[i,d] * out[i,d], out = the stored, rounded attention_in (p.out)
 //   P'        P * keep / keep_prob;  dV[j] += P' dy[i]
-//   dP        (dy[i] . V[j]) * keep / keep_prob
-//   dS        P * (dP - Dsum) at kept positions; 0 at masked positions (their logit is the
-//             constant -FLT_MAX, so it has no gradient w.r.t. q, k or pse)
+//   dP        (dy[i] . V[j]) * keep / keep_prob (0 where dropped)
+//   dS        P * (dP - Dsum) at kept positions; masked positions contribute nothing (their
+//             logit is the constant -FLT_MAX, so it has no gradient w.r.t. q, k or pse)
 //   dQ[i]     scale * sum_j dS K[j] (rounded once per row);  dK[j] += scale * dS q[i]
+// Non-finite inputs (docs/semantics.md "Non-finite inputs"): every product term whose weight
+// (P' for dV, dS for dQ / dK / dpse) is exactly 0 is omitted, and a kept position with P = 0
+// (a -inf logit) contributes nothing at all, so masked, dropped and -inf positions never
+// multiply a non-finite q, k, v or dy (no 0 * Inf); everything else is IEEE arithmetic.
 //   dpse      pse_type 1: scale * dS, pse_type 0: dS, accumulated into the element of the
 //             (contiguous, pse-shaped) dpse that position reads: broadcast dimensions sum,
 //             the compressed ALiBi form accumulates into the cell pse_tensor_index maps to;
 //             pse_type 2/3: d/dslope = sum dS * (-distance), summed over b for a (N1,) slope.
-// Rows with no kept position under p.invalid_line contribute nothing. Every output is zeroed
+// Fully masked rows under p.invalid_line contribute nothing. Every output is zeroed
 // first (rows of empty sequences, TND tokens outside every sequence stay 0).
 #include <algorithm>
 #include <cmath>
@@ -92,11 +98,12 @@ void reference_backward(const Problem& p) {
         for (int64_t i = 0; i < sq; ++i) {
           const int64_t qoff = operand_offset(p, p.q, false, b, n, i);
           for (int64_t d = 0; d < D; ++d) qrow[size_t(d)] = load_as_double(p.q.data, p.dtype, qoff + d);
-          const bool any = row_logits(p, b, n, i, qrow.data(), kmat, x, kept);
-          if (!any && p.invalid_line) continue;  // dq row stays 0
+          row_logits(p, b, n, i, qrow.data(), kmat, x, kept);
 
           const int64_t srow = stat_row(p, b, n, i) * p.stat_row_stride;
           const double mx = p.smax_in[srow], sum = p.ssum_in[srow];
+          const bool fully_masked = p.smax_in[srow] == kMaskedLogit;
+          if (fully_masked && p.invalid_line) continue;  // dq row stays 0
           const int64_t dyoff = operand_offset(p, p.dy, false, b, n, i);
           const int64_t ooff = operand_offset(p, p.out, false, b, n, i);
           double dsum = 0.0;
@@ -107,20 +114,22 @@ void reference_backward(const Problem& p) {
           std::fill(dq_acc.begin(), dq_acc.end(), 0.0);
 
           for (int64_t j = 0; j < skv; ++j) {
-            const double pj = std::exp(x[size_t(j)] - mx) / sum;
+            if (!fully_masked && !kept[size_t(j)]) continue;  // masked: contributes nothing
+            const double pj = fully_masked ? 1.0 / sum : std::exp(x[size_t(j)] - mx) / sum;
             if (pj == 0.0) continue;  // contributes to nothing
             double drop = 1.0;        // keep / keep_prob
             if (p.dropout) drop = dropout_kept(p, b, n, i, j) ? 1.0 / p.keep_prob : 0.0;
             const double* vr = vmat.data() + j * D;
             double* dvr = dv_acc.data() + j * D;
-            const double pp = pj * drop;
+            const double pp = drop == 0.0 ? 0.0 : pj * drop;  // dropped: P' = 0 exactly
             double dpp = 0.0;
             for (int64_t d = 0; d < D; ++d) {
-              dvr[d] += pp * dyrow[size_t(d)];
+              if (pp != 0.0) dvr[d] += pp * dyrow[size_t(d)];
               dpp += dyrow[size_t(d)] * vr[d];
             }
-            if (!kept[size_t(j)]) continue;  // masked: dS = 0
-            const double ds = pj * (dpp * drop - dsum);
+            if (fully_masked) continue;  // uniform row: dS = 0
+            const double ds = pj * ((drop == 0.0 ? 0.0 : dpp * drop) - dsum);
+            if (ds == 0.0) continue;
             const double sds = p.scale * ds;
             const double* kr = kmat.data() + j * D;
             double* dkr = dk_acc.data() + j * D;

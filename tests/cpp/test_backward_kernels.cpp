@@ -45,6 +45,8 @@ struct Case {
   int64_t q_start = 0, kv_start = 0;
   int pad = 0;  // extra elements per row of q, k, v, dy (strided views)
   double scale = 0.0;  // 0: 1/sqrt(D)
+  char poke = 0;       // 'q' / 'k' / 'v' / 'y' (dy): one element set to poke_val (BNSD: head N1-1 / N2-1, row S/2, d 3)
+  float poke_val = 0.f;
 };
 
 void PrintTo(const Case& c, std::ostream* os) { *os << c.name; }
@@ -173,6 +175,13 @@ Built build(const Case& c) {
   r.k = make_tensor(c.dt, shp(c.N2, S2, T2), c.pad, rng, 1.0f);
   r.v = make_tensor(c.dt, shp(c.N2, S2, T2), c.pad, rng, 1.0f);
   r.dy = make_tensor(c.dt, shp(c.N1, S1, T1), c.pad, rng, 1.0f);
+  if (c.poke) {  // BNSD, no padding
+    Tens& t = c.poke == 'q' ? r.q : c.poke == 'k' ? r.k : c.poke == 'v' ? r.v : r.dy;
+    const int64_t N = c.poke == 'k' || c.poke == 'v' ? c.N2 : c.N1, S = c.poke == 'k' || c.poke == 'v' ? S2 : S1;
+    const size_t e = size_t((((B - 1) * N + N - 1) * S + S / 2) * c.D + 3);
+    t.f32[e] = c.poke_val;
+    if (c.dt != DType::float32) t.h[e] = c.dt == DType::bfloat16 ? to_bf16(c.poke_val).bits : to_fp16(c.poke_val).bits;
+  }
 
   Options& o = r.opt;
   o.head_num = c.N1;
@@ -479,3 +488,58 @@ TEST(BackwardKernels, RegistryListsEveryDtype) {
 }
 
 }  // namespace
+
+// Non-finite inputs (docs/semantics.md "Non-finite inputs"): one NaN / +-Inf element in q, k,
+// v or dy, no mask or causal (the poked key / row is masked for some rows), with and without
+// dropout, shapes for the AMX tiles and several key blocks. Every kernel must reproduce the
+// reference's NaN / Inf pattern of dq, dk, dv exactly and its finite values within SPEC §11.
+TEST(BackwardKernels, NonFiniteInputs) {
+  auto cls = [](float x) { return std::isnan(x) ? 2 : std::isinf(x) ? (x > 0 ? 3 : 4) : 0; };
+  const std::pair<char, float> pokes[] = {{'q', NAN}, {'k', NAN}, {'v', NAN}, {'y', NAN}, {'k', INFINITY},
+                                          {'k', -INFINITY}, {'v', INFINITY}, {'q', INFINITY}, {'y', -INFINITY}};
+  for (DType dt : {DType::float32, DType::bfloat16, DType::float16})
+    for (int64_t S : {40, 300})
+      for (int64_t mode : {0, 2})
+        for (double keep : {1.0, 0.8})
+          for (const auto& pk : pokes) {
+            Case c;
+            c.dt = dt;
+            c.N1 = c.N2 = 2;
+            c.S1 = c.S2 = S;
+            c.D = 32;
+            c.mode = mode;
+            c.mask = mode == 2 ? MaskKind::template2048 : MaskKind::none;
+            c.keep_prob = keep;
+            c.poke = pk.first;
+            c.poke_val = pk.second;
+            c.name = std::string(dname(dt)) + " S" + std::to_string(S) + " mode" + std::to_string(mode) + " keep" +
+                     std::to_string(keep) + " " + pk.first + "=" + std::to_string(pk.second);
+            SCOPED_TRACE(c.name);
+            const Built r = build(c);
+            const Outputs ref = run_bwd(r, c, true, &reference_backward);
+            for (const BackwardKernel& k : backward_kernels()) {
+              if (k.dtype != dt || int(k.isa) > int(detected_isa())) continue;
+              SCOPED_TRACE(std::string("kernel ") + k.name);
+              const Outputs got = run_bwd(r, c, false, k.run);
+              const std::vector<unsigned char>* gs[] = {&got.dq, &got.dk, &got.dv};
+              const std::vector<unsigned char>* rs[] = {&ref.dq, &ref.dk, &ref.dv};
+              const char* names[] = {"dq", "dk", "dv"};
+              for (int w = 0; w < 3; ++w) {
+                const size_t n = rs[w]->size() / 4;
+                const std::vector<float> g = to_f32(dt, gs[w]->data(), n), rf = to_f32(DType::float32, rs[w]->data(), n);
+                std::vector<float> gf, rff;
+                int bad = 0;
+                for (size_t e = 0; e < n; ++e) {
+                  const float rr = round_to(dt, rf[e]);  // Inf / overflow as the dtype holds it
+                  if (cls(g[e]) != cls(rr)) {
+                    if (bad++ < 3) ADD_FAILURE() << names[w] << "[" << e << "] got " << g[e] << " ref " << rf[e];
+                  } else if (std::isfinite(rr)) {
+                    gf.push_back(g[e]);
+                    rff.push_back(rf[e]);
+                  }
+                }
+                if (!rff.empty()) expect_close(gf, rff, dt, names[w]);
+              }
+            }
+          }
+}

@@ -637,6 +637,29 @@ TEST(ForwardKernels, DecodeEngineTails) {
     c.dt = kDtypes[k % 3];
     check(c);
   }
+  // bf16 with D % 32 == 0 and >= 2 rows: fwd_amx_bf16's tile decode engine (QK with K rows as
+  // the A operand, staged key tails; PV with VNNI-packed V and P = Ph + Pl)
+  const Dc bs[] = {{2, 1, 1, 1, 32, 0, 0, 1.0, "BNSD"},   {4, 1, 1, 33, 64, 0, 1, 1.0, "BSND"},
+                   {6, 2, 2, 257, 96, 1, 0, 1.0, "BNSD"}, {16, 4, 4, 515, 128, 2, 3, 0.8, "BSH"},
+                   {8, 1, 2, 47, 256, 0, 0, 1.0, "BNSD"}, {4, 4, 3, 1900, 64, 0, 0, 0.9, "BNSD"}};
+  for (const Dc& d : bs) {
+    Case c;
+    c.dt = DType::bfloat16;
+    c.layout = d.layout;
+    c.N1 = d.N1;
+    c.N2 = d.N2;
+    c.S1 = d.S1;
+    c.S2 = d.S2;
+    c.D = d.D;
+    c.mask = d.mask;
+    c.pse = d.pse;
+    if (d.pse == 3) c.pse_type = 3;
+    c.keep = d.keep;
+    check(c);
+    c.mode = 3;  // causal band: kPrefix rows on the diagonal
+    c.mask = 3;
+    check(c);
+  }
 }
 
 // Bit-identical output for any thread count, every kernel.
@@ -735,4 +758,86 @@ TEST(ForwardKernels, PublicApiIsaCap) {
     EXPECT_LT(worst, 0.02) << cap << " kernel " << sa::forward_kernel_for(c.dt);
   }
   unsetenv("SPEEDATTN_MAX_ISA");
+}
+
+// Non-finite inputs (docs/semantics.md "Non-finite inputs"): one NaN / +-Inf element in q, k
+// or v, no mask or causal (so the poked key is masked for the rows before it), with and
+// without dropout, on shapes for every engine (decode, AMX, several key blocks / split-KV).
+// Every kernel must reproduce the reference's NaN / Inf pattern exactly (out, softmax_max,
+// softmax_sum; Inf values equal) and its finite values within the SPEC §11 tolerance.
+namespace {
+void compare_nonfinite(const Case& c, const Outs& ref, const Outs& got, const char* kname) {
+  auto cls = [](double x) { return std::isnan(x) ? 2 : std::isinf(x) ? (x > 0 ? 3 : 4) : 0; };
+  const int64_t n = int64_t(ref.out.size() / esize(c.dt));
+  double amax = 0;
+  for (int64_t e = 0; e < n; ++e) {
+    const double r = get(ref.out.data(), c.dt, e);
+    if (std::isfinite(r)) amax = std::max(amax, std::fabs(r));
+  }
+  const double tol = tensor_tol(amax, unit_roundoff(c.dt));
+  int bad = 0;
+  for (int64_t e = 0; e < n && bad < 3; ++e) {
+    const double r = get(ref.out.data(), c.dt, e), g = get(got.out.data(), c.dt, e);
+    const bool ok = cls(r) != cls(g) ? false : std::isfinite(r) ? std::fabs(g - r) <= tol : true;
+    if (!ok) ADD_FAILURE() << kname << " " << c.name() << ": out[" << e << "] got " << g << " ref " << r << " (bad " << ++bad << ")";
+  }
+  for (int which = 0; which < 2; ++which) {
+    const std::vector<float>& r = which ? ref.ssum : ref.smax;
+    const std::vector<float>& g = which ? got.ssum : got.smax;
+    double smax = 0;
+    for (float x : r)
+      if (std::fabs(x) < 3.4028234663852886e38f) smax = std::max(smax, double(std::fabs(x)));
+    const double stol = tensor_tol(smax, std::ldexp(1.0, -24));
+    int nb = 0;
+    for (size_t e = 0; e < r.size() && nb < 3; e += 8) {
+      const bool special = !(std::fabs(r[e]) < 3.4028234663852886e38f);  // +-FLT_MAX, Inf, NaN
+      const bool ok = cls(r[e]) == cls(g[e]) && (special ? (std::isnan(r[e]) || g[e] == r[e])
+                                                         : std::fabs(double(g[e]) - r[e]) <= stol);
+      if (!ok)
+        ADD_FAILURE() << kname << " " << c.name() << ": " << (which ? "softmax_sum" : "softmax_max") << "[" << e
+                      << "] got " << g[e] << " ref " << r[e] << " (bad " << ++nb << ")";
+    }
+  }
+}
+}  // namespace
+
+TEST(ForwardKernels, NonFiniteInputs) {
+  struct Poke {
+    char t;
+    float val;
+  };
+  const Poke pokes[] = {{'q', NAN}, {'k', NAN}, {'v', NAN}, {'k', INFINITY}, {'k', -INFINITY}, {'v', INFINITY},
+                        {'v', -INFINITY}, {'q', INFINITY}};
+  for (DType dt : kDtypes)
+    for (int64_t S : {5, 40, 300, -2})  // decode (S1 * G <= 16), AMX (>= 32 rows), several blocks,
+      for (int mode : {0, 2})               // -2: decode with GQA (S1 2, S2 300, N1 16, N2 2: 16 rows)
+        for (double keep : {1.0, 0.8})
+          for (const Poke& pk : pokes) {
+            Case c;
+            c.dt = dt;
+            c.N1 = c.N2 = 2;
+            c.S1 = c.S2 = S;
+            if (S < 0) c.N1 = 16, c.S1 = -S, c.S2 = 300;
+            c.D = 32;
+            c.mode = mode;
+            c.mask = mode == 2 ? 3 : 0;
+            c.keep = keep;
+            SCOPED_TRACE(c.name() + " poke " + pk.t + " = " + std::to_string(pk.val));
+            Inputs in;
+            build(c, in, 5);
+            std::vector<uint8_t>& buf = pk.t == 'q' ? in.q : pk.t == 'k' ? in.k : in.v;
+            const int64_t Sp = pk.t == 'q' ? c.S1 : c.S2;
+            put(buf, dt, ((1 * Sp) + Sp / 2) * c.D + 3, pk.val);  // head 1, row / key S/2, d 3
+            sa::Problem p = sa::validate_forward(in.tq, in.tk, in.tv, in.opt);
+            p.rng = sa::RngState{0x1234567890abLL, 77};
+            Outs shape;
+            shape.out.resize(size_t(p.out_spec.numel()) * esize(dt));
+            shape.smax.resize(size_t(p.stat_spec.numel()));
+            shape.ssum.resize(size_t(p.stat_spec.numel()));
+            const Outs ref = run_with(p, shape, &sa::reference_forward);
+            for (const sa::ForwardKernel& k : sa::forward_kernels()) {
+              if (k.dtype != dt || int(k.isa) > int(sa::detected_isa())) continue;
+              compare_nonfinite(c, ref, run_with(p, shape, k.run), k.name);
+            }
+          }
 }

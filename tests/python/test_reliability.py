@@ -128,7 +128,8 @@ def test_debug_switches_take_any_value(sa, which):
             pass
 
 
-@settings(max_examples=FUZZ_EXAMPLES, deadline=None, derandomize=bool(os.environ.get("CI")),
+@settings(max_examples=FUZZ_EXAMPLES, deadline=None,
+          derandomize=os.environ.get("SPEEDATTN_HYPOTHESIS_RANDOM") != "1",
           suppress_health_check=list(HealthCheck), print_blob=True)
 @given(call=api_calls())
 def test_api_fuzz_only_type_or_value_errors(sa, call):
@@ -279,6 +280,21 @@ def test_huge_batch_is_value_error_not_memory_error(sa):
         sa.speed_fusion_attention(q4, q4, q4, 1, "BSND")
 
 
+@pytest.mark.parametrize("mode", [0, 4])
+def test_extreme_pre_next_tokens_do_not_overflow(sa, mode):
+    """finding F12: pre/next near INT64_MAX/MIN act as unbounded (no int64 overflow in the band
+    legality arithmetic); an all-negative band is still a ValueError."""
+    rng = np.random.default_rng(15)
+    q, k, v = (_rand((1, 2, s, 8), "float32", rng) for s in (16, 5, 5))
+    mask = twin.causal_template() if mode == 4 else np.zeros((16, 5), bool)
+    base = _fwd(sa, q, k, v, 2, "BNSD", sparse_mode=mode, atten_mask=mask)
+    big = _fwd(sa, q, k, v, 2, "BNSD", sparse_mode=mode, atten_mask=mask, pre_tokens=2**63 - 1,
+               next_tokens=2**63 - 1)
+    assert np.array_equal(base[0], big[0])
+    with pytest.raises(ValueError):
+        _fwd(sa, q, k, v, 2, "BNSD", sparse_mode=mode, atten_mask=mask, pre_tokens=-(2**63), next_tokens=-(2**63))
+
+
 # ==============================================================================================
 # 3. Numerical edge cases.
 # ==============================================================================================
@@ -395,7 +411,7 @@ def test_fully_masked_rows_never_nan(sa, backend, inner_precise, case, mode):
         assert np.isfinite(_np(x)).all(), f"{case}: non-finite {what}"
 
 
-@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf"), 1e300, -1e39])
 def test_nonfinite_scale_or_keep_prob_rejected(sa, bad):
     q = np.zeros((1, 4, 8), np.float32)
     with pytest.raises(ValueError):
@@ -505,6 +521,23 @@ def test_views_give_same_results_as_contiguous(sa, backend, dtype, how):
         assert np.array_equal(_np(gv[i]), _np(gb[i])), f"{how}: gradient {i} differs from the contiguous call"
     for s, x in zip(snap, (qv, kv, vv)):
         assert np.array_equal(s, _np(x), equal_nan=True), f"{how}: an input was modified"
+
+
+@pytest.mark.parametrize("S1", [1, 3])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_negative_batch_stride_decode(sa, S1, dtype):
+    """finding F11: negative batch strides on the decode path (S1 = 1), with a non-finite value
+    row so the kernel's bad-row copy runs; results equal the contiguous call."""
+    rng = np.random.default_rng(16)
+    q = _rand((3, S1, 4, 8), dtype, rng)
+    k, v = _rand((3, 40, 2, 8), dtype, rng), _rand((3, 40, 2, 8), dtype, rng)
+    v[1, 7, 0, 2] = np.inf
+    kw = dict(scale=0.3, sparse_mode=3, atten_mask=twin.causal_template())
+    base = _fwd(sa, q, k, v, 4, "BSND", **kw)
+    flip = lambda x: np.ascontiguousarray(x[::-1])[::-1]  # noqa: E731 - same values, negative strides
+    got = _fwd(sa, flip(q), flip(k), flip(v), 4, "BSND", **kw)
+    for a, b in zip(got[:3], base[:3]):
+        assert np.array_equal(_np(a), _np(b), equal_nan=True)
 
 
 @pytest.mark.parametrize("backend", ["auto", "reference"])

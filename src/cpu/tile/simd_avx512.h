@@ -57,7 +57,7 @@ static inline void store_row_avx512(void* base, DType dt, int64_t off, const flo
 // 2^t for t <= 0 (clamped at 2^-126). Degree DEG in {3, 4, 5} (tile/exp2_poly.h).
 template <int DEG>
 static inline __m512 exp2_ps(__m512 t) {
-  t = _mm512_max_ps(t, _mm512_set1_ps(exp2c::kMinArg));
+  t = _mm512_max_ps(_mm512_set1_ps(exp2c::kMinArg), t);  // this operand order keeps NaN t (vmaxps returns operand 2)
   const __m512 f = _mm512_reduce_ps(t, 0x09);  // t - floor(t), round-down, no exceptions
   __m512 p;
   if constexpr (DEG == 3) {
@@ -232,7 +232,7 @@ static inline float exp_row_f32_avx512(float* s, int jn, float xs, float mn, boo
     const __m512 x = _mm512_maskz_loadu_ps(kt, s + j);
     const __m512 t = _mm512_mul_ps(_mm512_fmsub_ps(x, vxs, vmn), vl2e);
     __mmask16 k = kt;
-    if (general) k &= _mm512_cmp_ps_mask(x, vmasked, _CMP_NEQ_OQ);
+    if (general) k &= _mm512_cmp_ps_mask(x, vmasked, _CMP_NEQ_UQ);  // NaN logits stay
     __m512 pv = _mm512_maskz_mov_ps(k, exp2_ps<DEG>(t));
     sum = _mm512_add_ps(sum, pv);
     if (w) pv = _mm512_maskz_mov_ps(_mm512_cmplt_epu32_mask(_mm512_maskz_loadu_epi32(kt, w + j), vthr), pv);
