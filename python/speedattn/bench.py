@@ -144,6 +144,13 @@ SHAPE_SETS: dict[str, dict] = {
             _square(1, 8, 8, 2048, 128, mask="causal", alibi=True),     # BLOOM-style ALiBi
         ],
     },
+    # The backward targets (run with --backward): B1 N16 S2048 D128, full and causal.
+    "backward": {
+        "dtypes": ["bf16", "fp16", "fp32"],
+        "budget_s": 3.0,
+        "min_reps": 3,
+        "cases": [_square(1, 16, 16, 2048, 128), _square(1, 16, 16, 2048, 128, mask="causal")],
+    },
     # CI smoke test: every feature on small shapes, < 30 s in all.
     "quick": {
         "dtypes": ["bf16", "fp16", "fp32"],
