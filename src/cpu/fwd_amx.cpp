@@ -21,9 +21,9 @@
 // float16 inputs (EngineAmx<true>): no AMX-FP16 on this CPU and fp16 accumulation is not
 // acceptable, so every fp16 value is split exactly into two bf16 parts, x = hi + lo
 // (hi = bf16(x), lo = bf16(x - hi): 8 + 8 significant bits >= fp16's 11), and
-//   S  = Qh Kh + Qh Kl + Ql Kh            (Ql Kl ~ 2^-16 relative, dropped)
-//   O += Ph Vh + Ph Vl + Pl Vh            (P = Ph + Pl to ~2^-16)
-// three AMX passes per GEMM; still well ahead of fp32 FMA (dev/04_fp16_paths.txt).
+//   S  = Qh Kh + Qh Kl + Ql Kh + Ql Kl    (exact products: the fp32 statistics need them, F6)
+//   O += Ph Vh + Ph Vl + Pl Vh            (P = Ph + Pl to ~2^-16; Pl Vl ~2^-18, below fp16 output)
+// four / three AMX passes; still well ahead of fp32 FMA (dev/04_fp16_paths.txt).
 // Problems with fewer than kMinRowsPerKvHead rows per kv head use the AVX-512 kernel (AMX tiles of 16
 // rows would be mostly padding, and the pre-pack would not amortise); bf16 decode shapes (2..16
 // rows per kv head, D % 32 == 0) use EngineDecodeAmx below (no pre-pack: K rows are the A operand).
@@ -320,7 +320,9 @@ struct EngineAmx {
     return std::min(jn32, int(round_up(m, 32)));
   }
 
-  // fp16 split: 16 rows x 32 keys per C pair; S = Qh Kh + Qh Kl + Ql Kh.
+  // fp16 split: 16 rows x 32 keys per C pair; S = Qh Kh + Qh Kl + Ql Kh + Ql Kl: every product
+  // of the fp16 inputs is exact, so S carries only fp32 accumulation error (dropping Ql Kl,
+  // ~2^-18 |q||k| per term, moved softmax_sum by up to 5.5e-5 relative: docs/reliability.md F6).
   void qk_split(int r0s, int r1s, int jn32, int rlo, int rhi) {
     const int64_t qs = Dp32 * 2, kbs = (Dp32 / 2) * 16;
     for (int r = r0s; r < r1s; r += 16) {
@@ -342,6 +344,8 @@ struct EngineAmx {
           _tile_dpbf16ps(1, 2, 7);
           _tile_dpbf16ps(0, 3, 4);
           _tile_dpbf16ps(1, 3, 5);
+          _tile_dpbf16ps(0, 3, 6);
+          _tile_dpbf16ps(1, 3, 7);
         }
         _tile_stored(0, S + r * kBk + j, kBk * 4);
         _tile_stored(1, S + r * kBk + j + 16, kBk * 4);
@@ -779,7 +783,7 @@ struct EngineDecodeAmx : EngineDecode<DType::bfloat16> {
 };
 
 // Whether q or k holds a +-Inf (or NaN) float16 value. The fp16 split computes
-// S = Qh Kh + Qh Kl + Ql Kh, and with an infinite element one of the lo halves is 0 against
+// S = Qh Kh + Qh Kl + Ql Kh + Ql Kl, and with an infinite element one of the lo halves is 0 against
 // an Inf (0 * Inf = NaN where q . k is +-Inf): such problems take the fp32 AVX-512 kernel.
 // One pass over q and k (O(S*D), parallel; ~1% of the three-pass AMX work).
 inline bool fp16_qk_nonfinite(const Problem& p) {
