@@ -55,6 +55,25 @@ int main(int argc, char** argv) {
       for (int j = i + 1; j < 2048; ++j) mask[size_t(i) * 2048 + j] = 1;
     o.atten_mask = sa::TensorView::contiguous(mask.data(), sa::DType::uint8, {2048, 2048});
   }
+  // BENCH_PSE=2|3: ALiBi slopes 2^(-8(n+1)/N1) with that pse_type; BENCH_PSE=0|1: an fp32
+  // (1, N1, S1, S2) ALiBi bias tensor with that pse_type.
+  std::vector<float> slopes, pbias;
+  if (const char* ps = std::getenv("BENCH_PSE")) {
+    const int pt = atoi(ps);
+    slopes.resize(size_t(N1));
+    for (int64_t n = 0; n < N1; ++n) slopes[size_t(n)] = std::exp2(-8.0f * float(n + 1) / float(N1));
+    o.pse_type = pt;
+    if (pt >= 2) {
+      o.pse = sa::TensorView::contiguous(slopes.data(), sa::DType::float32, {N1});
+    } else {
+      pbias.resize(size_t(N1 * S1 * S2));
+      for (int64_t n = 0; n < N1; ++n)
+        for (int64_t i = 0; i < S1; ++i)
+          for (int64_t j = 0; j < S2; ++j)
+            pbias[size_t((n * S1 + i) * S2 + j)] = -slopes[size_t(n)] * float(std::llabs(j - i));
+      o.pse = sa::TensorView::contiguous(pbias.data(), sa::DType::float32, {1, N1, S1, S2});
+    }
+  }
   auto tq = sa::TensorView::contiguous(q.data(), dt, {B, N1, S1, D});
   auto tk = sa::TensorView::contiguous(k.data(), dt, {B, N2, S2, D});
   auto tv = sa::TensorView::contiguous(v.data(), dt, {B, N2, S2, D});

@@ -66,10 +66,10 @@ inline void load_tile_config() {
 // C[M x N] (+)= A[M x K] . B[K x N]: bf16 A row-major (row stride lda bytes), B as VNNI
 // pairs [K/2][N][2] (row stride ldb bytes), fp32 C (row stride ldc bytes). M, N, K multiples
 // of 32; 2 x 2 C tiles (tmm0-3) per pass, A in tmm4-5, B in tmm6-7.
-// A2 / B2 (optional, same layout as A / B): C += A2 . B and C += A . B2 as well (the lo
-// halves of an exact hi + lo bf16 split).
+// A2 / B2 (optional, same layout as A / B): C += A . B2 and C += A2 . B as well (the lo
+// halves of an exact hi + lo bf16 split); ll (both given): C += A2 . B2 too (4 passes).
 inline void amx_gemm(int M, int N, int K, const void* A, int64_t lda, const void* B, int64_t ldb, void* C, int64_t ldc,
-                     bool load_c, const void* A2 = nullptr, const void* B2 = nullptr) {
+                     bool load_c, const void* A2 = nullptr, const void* B2 = nullptr, bool ll = false) {
   const char* a2 = static_cast<const char*>(A2);
   const char* b2 = static_cast<const char*>(B2);
   const char* a = static_cast<const char*>(A);
@@ -110,6 +110,16 @@ inline void amx_gemm(int M, int N, int K, const void* A, int64_t lda, const void
         if (a2) {
           _tile_loadd(4, a2 + m * lda + k * 2, lda);
           _tile_loadd(5, a2 + (m + 16) * lda + k * 2, lda);
+          if (b2) {  // tmm6-7 hold B2
+            if (ll) {
+              _tile_dpbf16ps(0, 4, 6);
+              _tile_dpbf16ps(1, 4, 7);
+              _tile_dpbf16ps(2, 5, 6);
+              _tile_dpbf16ps(3, 5, 7);
+            }
+            _tile_loadd(6, bb + (k / 2) * ldb + n * 4, ldb);
+            _tile_loadd(7, bb + (k / 2) * ldb + (n + 16) * 4, ldb);
+          }
           _tile_dpbf16ps(0, 4, 6);
           _tile_dpbf16ps(1, 4, 7);
           _tile_dpbf16ps(2, 5, 6);
@@ -123,7 +133,22 @@ inline void amx_gemm(int M, int N, int K, const void* A, int64_t lda, const void
     }
 }
 
-// Packs Qc / dYc / QT / dYT (see Shared) in parallel over (b, n).
+// float16 -> exact bf16 halves x = hi + lo (hi = bf16(x), lo = bf16(x - hi): 8 + 8
+// significant bits hold fp16's 11; lo = 0 for +-Inf). n % 16 == 0.
+inline void split_fp16(const uint16_t* src, uint16_t* hi, uint16_t* lo, int64_t n) {
+  for (int64_t i = 0; i < n; i += 16) {
+    const __m512 x = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i)));
+    const __m256i h = (__m256i)_mm512_cvtneps_pbh(x);
+    const __m512 xh = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    const __m256i l = (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_sub_ps(~_mm512_fpclass_ps_mask(x, 0x18), x, xh));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(hi + i), h);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(lo + i), l);
+  }
+}
+
+// Packs Qc / dYc / QT / dYT (see Shared) in parallel over (b, n); kF16: their hi halves
+// there and the lo halves in Qcl / dYcl / QTl / dYTl.
+template <bool kF16>
 inline void amx_prepare(Shared& sh) {
   const Problem& p = sh.p;
   const int64_t D = p.D;
@@ -139,23 +164,45 @@ inline void amx_prepare(Shared& sh) {
   sh.dyc.assign(n, 0);
   sh.qt.assign(n, 0);
   sh.dyt.assign(n, 0);
+  if (kF16) {
+    sh.qcl.assign(n, 0);
+    sh.dycl.assign(n, 0);
+    sh.qtl.assign(n, 0);
+    sh.dytl.assign(n, 0);
+  }
   parallel_for(p.B * p.N1, [&](int64_t task, int) {
     const int64_t b = task / p.N1, hn = task % p.N1, sq = p.sq[size_t(b)];
     const uint16_t* q = static_cast<const uint16_t*>(p.q.data);
     const uint16_t* dy = static_cast<const uint16_t*>(p.dy.data);
-    uint16_t* qc = sh.qc.data() + size_t(hn * sh.Tqp * D);
-    uint16_t* dyc = sh.dyc.data() + size_t(hn * sh.Tqp * D);
-    uint16_t* qt = sh.qt.data() + size_t(hn * D * sh.Tqp);
-    uint16_t* dyt = sh.dyt.data() + size_t(hn * D * sh.Tqp);
+    const size_t o = size_t(hn * sh.Tqp * D);
+    uint16_t* qc = sh.qc.data() + o;
+    uint16_t* dyc = sh.dyc.data() + o;
+    uint16_t* qt = sh.qt.data() + o;
+    uint16_t* dyt = sh.dyt.data() + o;
     for (int64_t i = 0; i < sq; ++i) {
       const int64_t row = sh.qpbase[size_t(b)] + i;
       const uint16_t* qs = q + op_off(p, p.q, false, b, hn, i);
       const uint16_t* ds = dy + op_off(p, p.dy, false, b, hn, i);
-      std::memcpy(qc + row * D, qs, size_t(D) * 2);
-      std::memcpy(dyc + row * D, ds, size_t(D) * 2);
-      for (int64_t d = 0; d < D; ++d) {
-        qt[d * sh.Tqp + row] = qs[d];
-        dyt[d * sh.Tqp + row] = ds[d];
+      if constexpr (kF16) {
+        uint16_t* qcl = sh.qcl.data() + o;
+        uint16_t* dycl = sh.dycl.data() + o;
+        uint16_t* qtl = sh.qtl.data() + o;
+        uint16_t* dytl = sh.dytl.data() + o;
+        split_fp16(qs, qc + row * D, qcl + row * D, D);
+        split_fp16(ds, dyc + row * D, dycl + row * D, D);
+        for (int64_t d = 0; d < D; ++d) {
+          qt[d * sh.Tqp + row] = qc[row * D + d];
+          dyt[d * sh.Tqp + row] = dyc[row * D + d];
+          qtl[d * sh.Tqp + row] = qcl[row * D + d];
+          dytl[d * sh.Tqp + row] = dycl[row * D + d];
+        }
+      } else {
+        std::memcpy(qc + row * D, qs, size_t(D) * 2);
+        std::memcpy(dyc + row * D, ds, size_t(D) * 2);
+        for (int64_t d = 0; d < D; ++d) {
+          qt[d * sh.Tqp + row] = qs[d];
+          dyt[d * sh.Tqp + row] = ds[d];
+        }
       }
     }
   });

@@ -290,6 +290,8 @@ struct Shared {
   std::vector<int64_t> qpbase;
   int64_t Tqp = 0;
   std::vector<uint16_t> qc, dyc, qt, dyt;
+  // float16 inputs (bwd_amx_fp16): the exact lo bf16 halves (x = hi + lo) of the same four.
+  std::vector<uint16_t> qcl, dycl, qtl, dytl;
   explicit Shared(const Problem& prob) : p(prob) {}
   size_t ri(int64_t n, int64_t b, int64_t i) const { return size_t(n * plan.Tq + plan.qbase[size_t(b)] + i); }
   float* dq_row(int64_t c, int64_t n, int64_t b, int64_t i) {
