@@ -16,7 +16,7 @@ namespace speedattn {
 
 const std::vector<ForwardKernel>& forward_kernels() {
   static const std::vector<ForwardKernel> k = {
-      // bfloat16: AMX tiles for QK^T and PV (P rounded to bf16), AVX-512 softmax.
+      // bfloat16: AMX tiles for QK^T and PV (P kept as two bf16 halves), AVX-512 softmax.
       SA_X86({"fwd_amx_bf16", Isa::amx, DType::bfloat16, &cpu::fwd_amx_bf16},
              {"fwd_avx512_bf16", Isa::avx512, DType::bfloat16, &cpu::fwd_avx512},
              {"fwd_avx2_bf16", Isa::avx2, DType::bfloat16, &cpu::fwd_avx2},)
