@@ -58,7 +58,8 @@ int main(int argc, char** argv) {
   // BENCH_PSE=2|3: ALiBi slopes 2^(-8(n+1)/N1) with that pse_type; BENCH_PSE=0|1: an fp32
   // (1, N1, S1, S2) ALiBi bias tensor with that pse_type.
   std::vector<float> slopes, pbias;
-  if (const char* ps = std::getenv("BENCH_PSE")) {
+  std::vector<uint8_t> pbias_dt;
+  if (const char* ps = std::getenv("BENCH_PSE"); ps && *ps) {
     const int pt = atoi(ps);
     slopes.resize(size_t(N1));
     for (int64_t n = 0; n < N1; ++n) slopes[size_t(n)] = std::exp2(-8.0f * float(n + 1) / float(N1));
@@ -71,7 +72,15 @@ int main(int argc, char** argv) {
         for (int64_t i = 0; i < S1; ++i)
           for (int64_t j = 0; j < S2; ++j)
             pbias[size_t((n * S1 + i) * S2 + j)] = -slopes[size_t(n)] * float(std::llabs(j - i));
-      o.pse = sa::TensorView::contiguous(pbias.data(), sa::DType::float32, {1, N1, S1, S2});
+      pbias_dt.resize(pbias.size() * es);
+      for (size_t e = 0; e < pbias.size(); ++e) {
+        if (es == 4) std::memcpy(pbias_dt.data() + e * 4, &pbias[e], 4);
+        else {
+          uint16_t h = dt == sa::DType::bfloat16 ? sa::to_bf16(pbias[e]).bits : sa::to_fp16(pbias[e]).bits;
+          std::memcpy(pbias_dt.data() + e * 2, &h, 2);
+        }
+      }
+      o.pse = sa::TensorView::contiguous(pbias_dt.data(), dt, {1, N1, S1, S2});
     }
   }
   auto tq = sa::TensorView::contiguous(q.data(), dt, {B, N1, S1, D});

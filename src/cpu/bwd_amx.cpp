@@ -1,4 +1,4 @@
-// The AMX-BF16 backward kernel (bfloat16 inputs): bwd_driver.h (plan, statistics, dQ
+// The AMX-BF16 backward kernels (bwd_amx_bf16; bwd_amx_fp16, below): bwd_driver.h (plan, statistics, dQ
 // partials, dpse, uniform rows) with the five products of a tile on AMX tiles (bf16 in,
 // fp32 accumulation) and the element semantics in AVX-512 fp32.
 //
@@ -23,6 +23,13 @@
 // P' and dS enter the products as hi + lo bf16 pairs (a plain bf16 P' / dS, as PyTorch /
 // FlashAttention use, misses the SPEC §11 tolerance); all accumulation is fp32. Every
 // reduction order depends only on the problem: results are bit-identical for any thread count.
+// float16 inputs (AmxWorker<true>, bwd_amx_fp16; dev/bwd_04_fp16_amx.md): no AMX-FP16 here, so
+// every q / k / v / dy value is split exactly into bf16 halves x = hi + lo (hi = bf16(x), lo =
+// bf16(x - hi); *l buffers beside each packed operand) and
+//   S, dP        = Xh Yh + Xh Yl + Xl Yh + Xl Yl  (exact products: statistics / cancelling dS)
+//   dV, dK, dQ  += Ph Xh + Ph Xl + Pl Xh          (P' / dS already hi + lo; Pl Xl ~2^-17 rel.)
+// Dsum is recomputed on the tiles in dP's exact pass order (amx_dsum). Non-finite inputs take
+// the per-superblock fp32 route of the bf16 kernel (kbad / qbad / dybad).
 #include <immintrin.h>
 #include <unistd.h>
 
@@ -146,6 +153,43 @@ inline void split_fp16(const uint16_t* src, uint16_t* hi, uint16_t* lo, int64_t 
   }
 }
 
+// kF16: Dsum of the rows of (b, head n) recomputed on the tiles as dY . O^T with exactly the
+// passes and order of dP = dY . V^T (amx_gemm, 4 passes), replacing the fp32 sum of
+// precompute where that is finite (else the row goes to the fp32 path anyway). dS = P (dP -
+// Dsum) cancels: where O = V_j (one key takes the whole row, e.g. S2 = 1) the two must agree
+// bit for bit, and the fp32 sum rounded differently from the AMX accumulation (dK = 1.4e-6
+// against the exact 0, tolerance 1e-6: test_backward_kernels shape_1x1_fp16).
+inline void amx_dsum(Shared& sh, int64_t b, int64_t n) {
+  const Problem& p = sh.p;
+  const int64_t D = p.D, sq = p.sq[size_t(b)];
+  if (sq == 0) return;
+  std::vector<uint16_t> oh(size_t(D * 32)), ol(size_t(D * 32)), th(static_cast<size_t>(D)), tl(static_cast<size_t>(D));
+  std::vector<float> c(32 * 32);
+  const uint16_t* out = static_cast<const uint16_t*>(p.out.data);
+  const int64_t o = n * sh.Tqp * D;
+  load_tile_config();
+  for (int64_t i0 = 0; i0 < sq; i0 += 32) {
+    const int64_t rn = std::min<int64_t>(32, sq - i0);
+    std::fill(oh.begin(), oh.end(), uint16_t(0));
+    std::fill(ol.begin(), ol.end(), uint16_t(0));
+    for (int64_t j = 0; j < rn; ++j) {  // O rows as VNNI B columns [D/2][32][2]
+      split_fp16(out + op_off(p, p.out, false, b, n, i0 + j), th.data(), tl.data(), D);
+      for (int64_t d = 0; d < D; ++d) {
+        oh[size_t(((d / 2) * 32 + j) * 2 + (d & 1))] = th[size_t(d)];
+        ol[size_t(((d / 2) * 32 + j) * 2 + (d & 1))] = tl[size_t(d)];
+      }
+    }
+    const int64_t row = sh.qpbase[size_t(b)] + i0;
+    amx_gemm(32, 32, int(D), sh.dyc.data() + o + row * D, D * 2, oh.data(), 32 * 4, c.data(), 32 * 4, false,
+             sh.dycl.data() + o + row * D, ol.data(), true);
+    for (int64_t j = 0; j < rn; ++j) {
+      float& ds = sh.dsum[sh.ri(n, b, i0 + j)];
+      if (std::isfinite(ds)) ds = c[size_t(j * 33)];
+    }
+  }
+  _tile_release();
+}
+
 // Packs Qc / dYc / QT / dYT (see Shared) in parallel over (b, n); kF16: their hi halves
 // there and the lo halves in Qcl / dYcl / QTl / dYTl.
 template <bool kF16>
@@ -205,6 +249,7 @@ inline void amx_prepare(Shared& sh) {
         }
       }
     }
+    if constexpr (kF16) amx_dsum(sh, b, hn);
   });
 }
 
@@ -240,17 +285,21 @@ inline void transpose16x16(const float* const src[16], float* dst, int64_t ldd) 
   }
 }
 
+// kF16: float16 inputs, every q / k / v / dy value as exact bf16 halves hi + lo (the *l
+// buffers): S, dP in 4 passes (hh + hl + lh + ll), the P' / dS products in 3 (Ph Xh + Ph Xl + Pl Xh).
+template <bool kF16>
 struct AmxWorker : Worker<AmxBase> {
   static constexpr int kSub = kAmxSub, kSup = kAmxBk;
   // Row stride (in 32-bit words) of KVd / VVd / dK^T / dV^T: kSup + 16, not kSup. A 2 KiB
   // stride maps the 16 rows of every tile load onto 2 of the 64 L1 sets (conflict misses);
   // padding by one cache line spreads them (dev/bwd_03_superblock.md).
   static constexpr int kLd = kSup + 16;
-  Buf bkvd, bvvd, bkjv, bpv, bdsv, bdsr, bdkt, bdvt, bdql, bdka, bdva, bwords, bzero;
+  Buf bkvd, bvvd, bkjv, bpv, bdsv, bdsr, bdkt, bdvt, bdql, bdka, bdva, bwords, bzero, bkvdl, bvvdl, bkjvl, bsplit;
   // P' and dS as exact-ish bf16 pairs hi + lo (hi = bf16(x), lo = bf16(x - hi): 16
   // significand bits, rel. error <= 2^-17): a single bf16 P' / dS exceeds the SPEC §11
   // tolerance on long rows (dev/bwd_02_amx.md).
   uint16_t *KVd, *VVd, *Kjv, *Pv, *dSv, *dSr, *Pv2, *dSv2, *dSr2;
+  uint16_t *KVdl = nullptr, *VVdl = nullptr, *Kjvl = nullptr, *tsplit = nullptr;  // kF16 only
   float *dKT, *dVT, *dQl, *zrow;
 
   AmxWorker(const Problem& prob, Shared& s) : Worker<AmxBase>(prob, s) {
@@ -271,6 +320,12 @@ struct AmxWorker : Worker<AmxBase> {
     dVa = bdva.get<float>(size_t(kSup * Dp));
     words = bwords.get<uint32_t>(size_t(kSup + 16));
     zrow = bzero.get<float>(size_t(D));  // zeros (padding rows of the K/V transposes)
+    if (kF16) {
+      KVdl = bkvdl.get<uint16_t>(size_t(D * kLd));
+      VVdl = bvvdl.get<uint16_t>(size_t(D * kLd));
+      Kjvl = bkjvl.get<uint16_t>(size_t(kSup * D));
+      tsplit = bsplit.get<uint16_t>(size_t(4 * 16 * D));  // K hi, K lo, V hi, V lo of 16 keys
+    }
   }
 
   // General path: P' / dS rows [0, Rp) x keys [0, jp) of S / dP (row stride kSub) -> Pv, dSv
@@ -401,39 +456,66 @@ struct AmxWorker : Worker<AmxBase> {
   // Packs keys [j0, j0 + jn) of (b, g), zero padded to jp (a multiple of 32):
   //   KVd, VVd [D/2][kSup][2]: the dwords (d pairs) of each K / V row, transposed;
   //   Kjv [kSup/2][D][2]: rows 2p and 2p+1 interleaved word by word.
+  // kF16: the hi halves there, the lo halves in KVdl, VVdl, Kjvl.
   void pack_kv(int64_t b, int64_t g, int64_t j0, int jn, int jp) {
     const uint16_t* ksrc = static_cast<const uint16_t*>(p.k.data);
     const uint16_t* vsrc = static_cast<const uint16_t*>(p.v.data);
-    const int64_t Dw = D / 2;  // dwords per row
     for (int jb = 0; jb < jp; jb += 16) {
       const float* kr[16];
       const float* vr[16];
+      const float* krl[16];
+      const float* vrl[16];
       for (int i = 0; i < 16; ++i) {
         const bool in = jb + i < jn;
-        kr[i] = in ? reinterpret_cast<const float*>(ksrc + op_off(p, p.k, true, b, g, j0 + jb + i)) : zrow;
-        vr[i] = in ? reinterpret_cast<const float*>(vsrc + op_off(p, p.v, true, b, g, j0 + jb + i)) : zrow;
-      }
-      for (int64_t m = 0; m < Dw; m += 16) {
-        const float* ks[16];
-        const float* vs[16];
-        for (int i = 0; i < 16; ++i) ks[i] = kr[i] + m, vs[i] = vr[i] + m;
-        transpose16x16(ks, reinterpret_cast<float*>(KVd) + m * kLd + jb, kLd);
-        transpose16x16(vs, reinterpret_cast<float*>(VVd) + m * kLd + jb, kLd);
-      }
-      // Kjv: word (pair p, d, e) = K[2p + e][d]
-      const __m512i ilo = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8, 39, 7, 38, 6,
-                                           37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
-      const __m512i ihi = _mm512_set_epi16(63, 31, 62, 30, 61, 29, 60, 28, 59, 27, 58, 26, 57, 25, 56, 24, 55, 23, 54,
-                                           22, 53, 21, 52, 20, 51, 19, 50, 18, 49, 17, 48, 16);
-      for (int i = 0; i < 16; i += 2) {
-        const uint16_t* r0 = reinterpret_cast<const uint16_t*>(kr[i]);
-        const uint16_t* r1 = reinterpret_cast<const uint16_t*>(kr[i + 1]);
-        uint16_t* dst = Kjv + ((jb + i) / 2) * D * 2;
-        for (int64_t d = 0; d < D; d += 32) {
-          const __m512i a = _mm512_loadu_si512(r0 + d), c = _mm512_loadu_si512(r1 + d);
-          _mm512_storeu_si512(dst + d * 2, _mm512_permutex2var_epi16(a, ilo, c));
-          _mm512_storeu_si512(dst + d * 2 + 32, _mm512_permutex2var_epi16(a, ihi, c));
+        const uint16_t* ks = in ? ksrc + op_off(p, p.k, true, b, g, j0 + jb + i) : nullptr;
+        const uint16_t* vs = in ? vsrc + op_off(p, p.v, true, b, g, j0 + jb + i) : nullptr;
+        if constexpr (kF16) {
+          uint16_t* kh = tsplit + i * D;
+          uint16_t* kl = tsplit + (16 + i) * D;
+          uint16_t* vh = tsplit + (32 + i) * D;
+          uint16_t* vl = tsplit + (48 + i) * D;
+          if (in) {
+            split_fp16(ks, kh, kl, D);
+            split_fp16(vs, vh, vl, D);
+          }
+          kr[i] = in ? reinterpret_cast<const float*>(kh) : zrow;
+          krl[i] = in ? reinterpret_cast<const float*>(kl) : zrow;
+          vr[i] = in ? reinterpret_cast<const float*>(vh) : zrow;
+          vrl[i] = in ? reinterpret_cast<const float*>(vl) : zrow;
+        } else {
+          kr[i] = in ? reinterpret_cast<const float*>(ks) : zrow;
+          vr[i] = in ? reinterpret_cast<const float*>(vs) : zrow;
         }
+      }
+      pack_rows(jb, kr, vr, KVd, VVd, Kjv);
+      if constexpr (kF16) pack_rows(jb, krl, vrl, KVdl, VVdl, Kjvl);
+    }
+  }
+
+  // The 16 keys jb.. (bf16 rows kr / vr) into kvd, vvd, kjv (layouts of pack_kv).
+  void pack_rows(int jb, const float* const kr[16], const float* const vr[16], uint16_t* kvd, uint16_t* vvd,
+                 uint16_t* kjv) {
+    const int64_t Dw = D / 2;  // dwords per row
+    for (int64_t m = 0; m < Dw; m += 16) {
+      const float* ks[16];
+      const float* vs[16];
+      for (int i = 0; i < 16; ++i) ks[i] = kr[i] + m, vs[i] = vr[i] + m;
+      transpose16x16(ks, reinterpret_cast<float*>(kvd) + m * kLd + jb, kLd);
+      transpose16x16(vs, reinterpret_cast<float*>(vvd) + m * kLd + jb, kLd);
+    }
+    // Kjv: word (pair p, d, e) = K[2p + e][d]
+    const __m512i ilo = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8, 39, 7, 38, 6,
+                                         37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
+    const __m512i ihi = _mm512_set_epi16(63, 31, 62, 30, 61, 29, 60, 28, 59, 27, 58, 26, 57, 25, 56, 24, 55, 23, 54,
+                                         22, 53, 21, 52, 20, 51, 19, 50, 18, 49, 17, 48, 16);
+    for (int i = 0; i < 16; i += 2) {
+      const uint16_t* r0 = reinterpret_cast<const uint16_t*>(kr[i]);
+      const uint16_t* r1 = reinterpret_cast<const uint16_t*>(kr[i + 1]);
+      uint16_t* dst = kjv + ((jb + i) / 2) * D * 2;
+      for (int64_t d = 0; d < D; d += 32) {
+        const __m512i a = _mm512_loadu_si512(r0 + d), c = _mm512_loadu_si512(r1 + d);
+        _mm512_storeu_si512(dst + d * 2, _mm512_permutex2var_epi16(a, ilo, c));
+        _mm512_storeu_si512(dst + d * 2 + 32, _mm512_permutex2var_epi16(a, ihi, c));
       }
     }
   }
@@ -500,6 +582,10 @@ struct AmxWorker : Worker<AmxBase> {
       const uint16_t* dyc = sh.dyc.data() + n * Tqp * D;
       const uint16_t* qt = sh.qt.data() + n * D * Tqp;
       const uint16_t* dyt = sh.dyt.data() + n * D * Tqp;
+      const uint16_t* qcl = kF16 ? sh.qcl.data() + n * Tqp * D : nullptr;
+      const uint16_t* dycl = kF16 ? sh.dycl.data() + n * Tqp * D : nullptr;
+      const uint16_t* qtl = kF16 ? sh.qtl.data() + n * D * Tqp : nullptr;
+      const uint16_t* dytl = kF16 ? sh.dytl.data() + n * D * Tqp : nullptr;
       for (int64_t i0 = ia; i0 < ie; i0 += kBq) {
         const int ni = int(std::min<int64_t>(kBq, ie - i0));
         int zlo = 0, zhi = 0;  // dQl rows holding values (relative to i0)
@@ -511,8 +597,15 @@ struct AmxWorker : Worker<AmxBase> {
           if (rlo >= rhi) continue;
           const int R = rhi - rlo, Rp = int(round_up(R, 32));
           const int64_t ib = i0 + rlo, prow = sh.qpbase[size_t(b)] + ib;
-          amx_gemm(Rp, sp, int(D), qc + prow * D, D * 2, KVd + s0 * 2, kLd * 4, S, kSub * 4, false);
-          amx_gemm(Rp, sp, int(D), dyc + prow * D, D * 2, VVd + s0 * 2, kLd * 4, dP, kSub * 4, false);
+          if constexpr (kF16) {  // exact products: hh + hl + lh + ll
+            amx_gemm(Rp, sp, int(D), qc + prow * D, D * 2, KVd + s0 * 2, kLd * 4, S, kSub * 4, false,
+                     qcl + prow * D, KVdl + s0 * 2, true);
+            amx_gemm(Rp, sp, int(D), dyc + prow * D, D * 2, VVd + s0 * 2, kLd * 4, dP, kSub * 4, false,
+                     dycl + prow * D, VVdl + s0 * 2, true);
+          } else {
+            amx_gemm(Rp, sp, int(D), qc + prow * D, D * 2, KVd + s0 * 2, kLd * 4, S, kSub * 4, false);
+            amx_gemm(Rp, sp, int(D), dyc + prow * D, D * 2, VVd + s0 * 2, kLd * 4, dP, kSub * 4, false);
+          }
           bool fast = fast_ok;
           for (int r = rlo; fast && r < rhi; ++r) fast = cls[r] == kFull;
           if (fast) {
@@ -521,8 +614,11 @@ struct AmxWorker : Worker<AmxBase> {
             grad_rows(b, n, g, ib, rlo, R, j0 + s0, sn, S, dP, kSub, sl);
             convert(R, Rp, sn, sp);
           }
-          amx_gemm(int(D), sp, Rp, dyt + prow, Tqp * 2, Pv, kSub * 4, dVT + s0, kLd * 4, true, nullptr, Pv2);
-          amx_gemm(int(D), sp, Rp, qt + prow, Tqp * 2, dSv, kSub * 4, dKT + s0, kLd * 4, true, nullptr, dSv2);
+          // kF16: Xh Ph + Xh Pl + Xl Ph (Xl Pl ~2^-17 relative: below the fp16 output)
+          amx_gemm(int(D), sp, Rp, dyt + prow, Tqp * 2, Pv, kSub * 4, dVT + s0, kLd * 4, true,
+                   kF16 ? dytl + prow : nullptr, Pv2);
+          amx_gemm(int(D), sp, Rp, qt + prow, Tqp * 2, dSv, kSub * 4, dKT + s0, kLd * 4, true,
+                   kF16 ? qtl + prow : nullptr, dSv2);
           // dQl rows [rlo, rlo + Rp) (+)= dS K
           const int a = rlo, e = rlo + Rp;
           bool load = true;
@@ -534,7 +630,7 @@ struct AmxWorker : Worker<AmxBase> {
             if (e > zhi) std::memset(dQl + zhi * D, 0, size_t((e - zhi) * D) * 4), zhi = e;
           }
           amx_gemm(Rp, int(D), sp, dSr, kSub * 2, Kjv + (s0 / 2) * D * 2, D * 4, dQl + a * D, D * 4, load, dSr2,
-                   nullptr);
+                   kF16 ? Kjvl + (s0 / 2) * D * 2 : nullptr);
           qlo = std::min(qlo, rlo);
           qhi = std::max(qhi, rhi);
         }
@@ -549,7 +645,8 @@ struct AmxWorker : Worker<AmxBase> {
     unpack_dkv(jn);
     for (int64_t n = g * p.G; n < (g + 1) * p.G; ++n)
       if (sh.ucount[size_t(b * p.N1 + n)] > 0) uniform_rows(b, n, j0, jn);
-    store_kv_bf16(b, g, j0, jn);
+    if constexpr (kF16) store_kv(b, g, j0, jn);  // rounded once to fp16 (store_row_f32)
+    else store_kv_bf16(b, g, j0, jn);
   }
 
   void run_task(const BTask& t, double* sl) {
@@ -581,7 +678,14 @@ void bwd_amx_bf16(const Problem& p) {
     bwd_avx512(p);
     return;
   }
-  SA_NS::bwd::backward_with<SA_NS::bwd::AmxWorker>(p, SA_NS::bwd::kAmxBk, SA_NS::bwd::amx_prepare);
+  SA_NS::bwd::backward_with<SA_NS::bwd::AmxWorker<false>>(p, SA_NS::bwd::kAmxBk, SA_NS::bwd::amx_prepare<false>);
+}
+void bwd_amx_fp16(const Problem& p) {
+  if (p.dtype != DType::float16 || p.D % 32 != 0) {
+    bwd_avx512(p);
+    return;
+  }
+  SA_NS::bwd::backward_with<SA_NS::bwd::AmxWorker<true>>(p, SA_NS::bwd::kAmxBk, SA_NS::bwd::amx_prepare<true>);
 }
 }  // namespace cpu
 }  // namespace speedattn

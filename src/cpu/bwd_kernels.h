@@ -20,6 +20,8 @@ void bwd_avx2(const Problem& p);
 void bwd_avx512(const Problem& p);
 // AMX-BF16 for bfloat16 inputs.
 void bwd_amx_bf16(const Problem& p);
+// AMX-BF16 for float16 inputs: every value split exactly into two bf16 halves.
+void bwd_amx_fp16(const Problem& p);
 
 // The backward kernel list, best first within each dtype (bwd_registry.cpp); returned by
 // backward_kernels() in src/api/kernel_registry.cpp.

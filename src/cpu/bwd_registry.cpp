@@ -16,7 +16,9 @@ std::vector<BackwardKernel> bwd_kernel_list() {
       {"bwd_avx512_bf16", Isa::avx512, DType::bfloat16, &bwd_avx512},
       {"bwd_avx2_bf16", Isa::avx2, DType::bfloat16, &bwd_avx2},
       {"bwd_scalar_bf16", Isa::scalar, DType::bfloat16, &bwd_scalar},
-      // float16: fp32 compute (converted on load; never fp16 accumulation).
+      // float16: AMX tiles on exact hi + lo bf16 splits of every value (fp32 accumulation);
+      // fp32 compute (converted on load; never fp16 accumulation) below it.
+      {"bwd_amx_fp16", Isa::amx, DType::float16, &bwd_amx_fp16},
       {"bwd_avx512_fp16", Isa::avx512, DType::float16, &bwd_avx512},
       {"bwd_avx2_fp16", Isa::avx2, DType::float16, &bwd_avx2},
       {"bwd_scalar_fp16", Isa::scalar, DType::float16, &bwd_scalar},

@@ -499,6 +499,9 @@ struct EngineAmx {
   float logits_row(const Problem& p, const RowMeta& rm, float* s, int64_t j0, int jn) {
     return logits_row_avx512(p, rm, s, j0, jn);
   }
+  float logits_row_kept(const Problem& p, const RowMeta& rm, float* s, int64_t j0, int jn) {
+    return logits_row_kept_avx512(p, rm, s, j0, jn);
+  }
 
   // P[r][j..j+32) = p0 | p1 as Ph = the high 16 bits of p (truncation: one vpermt2w packs
   // both vectors) and Pl = bf16(p - Ph) (exact difference, rounded): P to ~2^-16 relative.
@@ -525,8 +528,8 @@ struct EngineAmx {
     const int jn32 = int(round_up(jn, 32));
     if (!general && !w && jn == jn32) {  // hot path: no masks, no dropout, whole vectors
       for (int j = 0; j < jn; j += 32) {
-        const __m512 p0 = exp2_ps<4>(_mm512_fmsub_ps(_mm512_loadu_ps(s + j), vc, vmb));
-        const __m512 p1 = exp2_ps<4>(_mm512_fmsub_ps(_mm512_loadu_ps(s + j + 16), vc, vmb));
+        const __m512 p0 = exp2_flush_ps<4>(_mm512_fmsub_ps(_mm512_loadu_ps(s + j), vc, vmb));
+        const __m512 p1 = exp2_flush_ps<4>(_mm512_fmsub_ps(_mm512_loadu_ps(s + j + 16), vc, vmb));
         sum0 = _mm512_add_ps(sum0, p0);
         sum1 = _mm512_add_ps(sum1, p1);
         store_p_split(r, j, p0, p1);
@@ -541,8 +544,8 @@ struct EngineAmx {
         m0 &= _mm512_cmp_ps_mask(x0, vmasked, _CMP_NEQ_UQ);
         m1 &= _mm512_cmp_ps_mask(x1, vmasked, _CMP_NEQ_UQ);
       }
-      __m512 p0 = _mm512_maskz_mov_ps(m0, exp2_ps<4>(_mm512_fmsub_ps(x0, vc, vmb)));
-      __m512 p1 = _mm512_maskz_mov_ps(m1, exp2_ps<4>(_mm512_fmsub_ps(x1, vc, vmb)));
+      __m512 p0 = _mm512_maskz_mov_ps(m0, exp2_flush_ps<4>(_mm512_fmsub_ps(x0, vc, vmb)));
+      __m512 p1 = _mm512_maskz_mov_ps(m1, exp2_flush_ps<4>(_mm512_fmsub_ps(x1, vc, vmb)));
       sum0 = _mm512_add_ps(sum0, p0);
       sum1 = _mm512_add_ps(sum1, p1);
       if (w) {

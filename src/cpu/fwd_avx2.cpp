@@ -57,15 +57,17 @@ static inline void pv_tile_avx2(float* O, int64_t Dp, const float* P, int64_t ld
   }
 }
 
-// 2^t, t clamped at -126 (tile/exp2_poly.h degree 5); NaN in, NaN out.
+// 2^t, t clamped at -126 (tile/exp2_poly.h degree 5); NaN in, NaN out; exactly 0 for
+// t < kPFlush (fwd_driver.h denormal flush).
 static inline __m256 exp2_avx2(__m256 t) {
+  const __m256 keep = _mm256_cmp_ps(t, _mm256_set1_ps(kPFlush), _CMP_NLT_UQ);  // t >= flush or NaN
   t = _mm256_max_ps(_mm256_set1_ps(exp2c::kMinArg), t);  // operand order: NaN t propagates
   const __m256 fl = _mm256_floor_ps(t);
   const __m256 f = _mm256_sub_ps(t, fl);
   __m256 p = _mm256_set1_ps(exp2c::d5[5]);
   for (int c = 4; c >= 0; --c) p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(exp2c::d5[c]));
   const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(fl), _mm256_set1_epi32(127)), 23);
-  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+  return _mm256_and_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(e)), keep);
 }
 
 struct EngineAvx2 : EnginePortable<128, 256> {

@@ -15,7 +15,7 @@
 //     S2 keys) or invalid-line (0, -FLT_MAX, +FLT_MAX), SPEC §4.
 //   * Tiles where every row is masked (band/causal/prefix computed analytically, explicit
 //     mask bytes scanned) are skipped; the element mask is only evaluated on rows that are
-//     partly masked in the tile ("general" rows), which also carry pse / ALiBi.
+//     partly masked in the tile ("general" rows); pse / ALiBi is added in the max pass.
 //   * Dropout keep bits: Philox4x32-10 of SPEC §7 evaluated in-kernel (bit-identical to
 //     semantics.h dropout_keep).
 //   * Bit-identical for any thread count: a task's result depends only on its index; split-KV
@@ -49,6 +49,13 @@ namespace SA_NS {
 constexpr float kMasked = -3.4028234663852886e38f;  // -FLT_MAX (SPEC §1 step 3)
 constexpr float kBigSum = 3.4028234663852886e38f;   // +FLT_MAX (invalid-line sum)
 constexpr float kLog2e = 1.4426950408889634f;
+// Denormal flush of the online softmax (dev/11_pse_fast_path.txt): P = 2^t with t < kPFlush
+// (log2 units below the running max) is stored as exactly 0, and an O / l rescale factor below
+// 2^kPFlush is 0. Without it, far ALiBi keys (t down at the 2^-126 clamp) fed P * V products and
+// O accumulators in the denormal range: microcode assists made fp32 ALiBi 3.7x slower. The terms
+// dropped are < 2^-64 of the row max (l >= 1), < 2^-33 relative for any S2 < 2^31.
+constexpr float kPFlush = -64.0f;
+constexpr float kAlphaFlush = -44.3614195558365f;  // kPFlush * ln 2 (natural units)
 
 // Split-KV: when a problem has fewer than kSplitMinTasks tasks, each task's key range is
 // split so both cores (and more) get work; a split covers at least kSplitMinKeys keys.
@@ -224,9 +231,11 @@ inline RowMeta make_row_meta(const Problem& p, int64_t b, int64_t n, int64_t i) 
 }
 
 // Classification of a row within a key tile [j0, j1). band_class returns the first three;
-// run_task refines kPartial to kPrefix when the kept keys are exactly [j0, j0 + kend) with
-// plain logits (no pse, scale > 0, explicit mask all-kept there): the causal / band diagonal
-// then takes the engines' plain softmax pass over the first kend keys.
+// run_task refines kPartial to kPrefix when the kept keys are exactly [j0, j0 + kend)
+// (explicit mask all-kept there): the causal / band diagonal then takes the engines' plain
+// softmax pass over the first kend keys. kFull / kPrefix rows with pse / ALiBi (or scale <= 0)
+// compute their logits in the max pass (logits_row_kept: no keep compares) and take the
+// unmasked exp pass; only kPartial rows take the general logits (band / mask compares).
 enum : uint8_t { kNone = 0, kFull = 1, kPartial = 2, kPrefix = 3 };
 
 // Kept keys of the row inside [j0, j1) form one run starting at j0 (given band_class said
@@ -565,8 +574,7 @@ void run_task(const Problem& p, const Task& t, E& e, const Partials* parts) {
         if (ms == 2) c = kNone;
         else if (ms == 1) c = kPartial, mask_mixed = true;
       }
-      if (c == kFull && !plain_ok) c = kPartial;
-      if (c == kPartial && plain_ok && !mask_mixed && band_prefix_run(rm[r], j0)) c = kPrefix;
+      if (c == kPartial && !mask_mixed && band_prefix_run(rm[r], j0)) c = kPrefix;
       cls[r] = c;
       // keys of this block the row can keep (band/causal right edge); engines may skip the
       // key tiles of a row block beyond the block's largest kend (their P is 0)
@@ -591,8 +599,13 @@ void run_task(const Problem& p, const Task& t, E& e, const Partials* parts) {
       int jr = int(jn);  // keys of the row's softmax pass; P[jr, jn) is zeroed
       if (cls[r] == kFull || cls[r] == kPrefix) {
         if (cls[r] == kPrefix) jr = kend[r];
-        mx = e.row_max(s, jr) * scale;
-        xs = scale;
+        if (plain_ok) {
+          mx = e.row_max(s, jr) * scale;
+          xs = scale;
+        } else {  // pse / ALiBi / scale <= 0, every key of [0, jr) kept: fused logits + max
+          mx = e.logits_row_kept(p, rm[r], s, j0, jr);
+          xs = 1.f;
+        }
         general = false;
       } else {
         jr = kend[r];
@@ -623,7 +636,8 @@ void run_task(const Problem& p, const Task& t, E& e, const Partials* parts) {
       const float sum = e.exp_row(r, jr, xs, mn, general, w, p.keep_threshold);
       if (jr < jn) e.zero_p_from(r, jr, int(jn));
       if (mn != mo && l[r] != 0.f) {
-        const float alpha = std::exp(mo - mn);
+        const float dm = mo - mn;
+        const float alpha = dm < kAlphaFlush ? 0.f : std::exp(dm);  // NaN dm: NaN alpha
         e.scale_o(r, alpha);
         l[r] *= alpha;
       }

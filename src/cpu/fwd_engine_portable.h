@@ -155,9 +155,14 @@ struct EnginePortable {
   float logits_row(const Problem& pr, const RowMeta& rm, float* s, int64_t j0, int jn) {
     return logits_row_scalar(pr, rm, s, j0, jn);
   }
+  // every key of [j0, j0 + jn) kept: the general logits compute the same x
+  float logits_row_kept(const Problem& pr, const RowMeta& rm, float* s, int64_t j0, int jn) {
+    return logits_row_scalar(pr, rm, s, j0, jn);
+  }
 
   static inline float exp2f_poly(float t) {
     if (t != t) return t;  // NaN propagates (and int(NaN) below would be UB)
+    if (t < kPFlush) return 0.f;  // denormal flush (fwd_driver.h)
     t = std::max(t, exp2c::kMinArg);
     int e = int(t);
     if (float(e) > t) e -= 1;

@@ -82,6 +82,32 @@ static inline __m512 exp2_ps(__m512 t) {
   return _mm512_scalef_ps(p, t);  // p * 2^floor(t)
 }
 
+// exp2_ps with the forward's denormal flush (fwd_driver.h kPFlush): exactly 0 where
+// t < kPFlush; NaN t stays NaN. One compare more, folded into the final vscalefps.
+template <int DEG>
+static inline __m512 exp2_flush_ps(__m512 t) {
+  const __mmask16 keep = _mm512_cmp_ps_mask(t, _mm512_set1_ps(kPFlush), _CMP_NLT_UQ);
+  t = _mm512_max_ps(_mm512_set1_ps(exp2c::kMinArg), t);
+  const __m512 f = _mm512_reduce_ps(t, 0x09);
+  __m512 p;
+  if constexpr (DEG == 4) {
+    p = _mm512_set1_ps(exp2c::d4[4]);
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(exp2c::d4[3]));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(exp2c::d4[2]));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(exp2c::d4[1]));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(exp2c::d4[0]));
+  } else {
+    static_assert(DEG == 5, "degree 4 or 5");
+    p = _mm512_set1_ps(exp2c::d5[5]);
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(exp2c::d5[4]));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(exp2c::d5[3]));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(exp2c::d5[2]));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(exp2c::d5[1]));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(exp2c::d5[0]));
+  }
+  return _mm512_maskz_scalef_ps(keep, p, t);
+}
+
 // In-register transpose of a 16x16 fp32 block: r[i][j] -> r[j][i].
 static inline void transpose16x16(__m512 r[16]) {
   __m512 t[16];
@@ -166,6 +192,49 @@ static inline float logits_row_avx512(const Problem& p, const RowMeta& rm, float
   return _mm512_reduce_max_ps(mx);
 }
 
+// The logits of a row tile whose keys [j0, j0 + jn) are ALL kept (kFull / kPrefix rows with
+// pse / ALiBi or scale <= 0): logits_row_avx512 without the keep compares, mask bytes and
+// masked stores; the bias is added in registers in the max pass, with the same roundings
+// (ALiBi: |j + c| as int32 iota, one cvt, [sqrt,] scale*qk - slope*dist).
+static inline float logits_row_kept_avx512(const Problem& p, const RowMeta& rm, float* s, int64_t j0, int jn) {
+  const PseDesc& d = p.pse;
+  const int64_t abase = j0 + rm.dist0;
+  if ((d.kind == PseKind::tensor && d.sj != 1) ||
+      (d.kind == PseKind::slopes && std::llabs(abase) + jn >= (int64_t(1) << 30)))
+    return logits_row_avx512(p, rm, s, j0, jn);  // every key kept: the same x
+  const __m512 vscale = _mm512_set1_ps(float(p.scale)), vslope = _mm512_set1_ps(rm.slope);
+  const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  __m512 mx0 = _mm512_set1_ps(kMasked), mx1 = mx0;
+  auto one = [&](int j, __mmask16 kt) -> __m512 {
+    const __m512 qk = _mm512_maskz_loadu_ps(kt, s + j);
+    __m512 x;
+    if (d.kind == PseKind::tensor) {
+      const __m512 bias = load16(d.data, d.dtype, rm.pse_base + j0 + j, kt);
+      x = d.pse_type == 1 ? _mm512_mul_ps(vscale, _mm512_add_ps(qk, bias))
+                          : _mm512_add_ps(_mm512_mul_ps(vscale, qk), bias);
+    } else if (d.kind == PseKind::slopes) {
+      const __m512i dv = _mm512_add_epi32(_mm512_set1_epi32(int32_t(abase + j)), iota);
+      __m512 dist = _mm512_cvtepi32_ps(_mm512_abs_epi32(dv));
+      if (d.pse_type == 3) dist = _mm512_sqrt_ps(dist);
+      x = _mm512_sub_ps(_mm512_mul_ps(vscale, qk), _mm512_mul_ps(vslope, dist));
+    } else {
+      x = _mm512_mul_ps(vscale, qk);
+    }
+    _mm512_mask_storeu_ps(s + j, kt, x);
+    return x;
+  };
+  int j = 0;
+  for (; j + 32 <= jn; j += 32) {
+    mx0 = _mm512_max_ps(mx0, one(j, 0xffff));
+    mx1 = _mm512_max_ps(mx1, one(j + 16, 0xffff));
+  }
+  for (; j < jn; j += 16) {
+    const __mmask16 kt = lanes(jn - j);
+    mx0 = _mm512_mask_max_ps(mx0, kt, mx0, one(j, kt));
+  }
+  return _mm512_reduce_max_ps(_mm512_max_ps(mx0, mx1));
+}
+
 // Vectorised Philox4x32-10 for 16 consecutive counters (quads q0..q0+15): writes 64 words
 // (element order: quad q's 4 words at w[4q..4q+3]). Bit-identical to philox10().
 static inline __m512i mulhi_epu32(__m512i a, __m512i b, __m512i* lo) {
@@ -233,7 +302,7 @@ static inline float exp_row_f32_avx512(float* s, int jn, float xs, float mn, boo
     const __m512 t = _mm512_mul_ps(_mm512_fmsub_ps(x, vxs, vmn), vl2e);
     __mmask16 k = kt;
     if (general) k &= _mm512_cmp_ps_mask(x, vmasked, _CMP_NEQ_UQ);  // NaN logits stay
-    __m512 pv = _mm512_maskz_mov_ps(k, exp2_ps<DEG>(t));
+    __m512 pv = _mm512_maskz_mov_ps(k, exp2_flush_ps<DEG>(t));
     sum = _mm512_add_ps(sum, pv);
     if (w) pv = _mm512_maskz_mov_ps(_mm512_cmplt_epu32_mask(_mm512_maskz_loadu_epi32(kt, w + j), vthr), pv);
     _mm512_mask_storeu_ps(s + j, kt, pv);
