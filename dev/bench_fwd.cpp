@@ -2,6 +2,7 @@
 // shape, validated against the previous kernel of the list first (max abs diff printed),
 // then timed (median / min of N runs). Build: see dev/build_fwd_only.sh (pass this file).
 // Usage: bench_fwd dtype(bf16|fp16|fp32) B N1 N2 S1 S2 D mode reps [kernel-substring]
+// Env: BENCH_THREADS=n; BENCH_PSE=2|3 (ALiBi slopes, that pse_type) or 0|1 (a (1,N1,S1,S2) bias).
 #include <algorithm>
 #include <chrono>
 #include <cmath>

@@ -333,14 +333,14 @@ void mutate_shape(FuzzedDataProvider& fdp, std::vector<int64_t>& shape) {
   }
   const size_t d = fdp.ConsumeIntegralInRange<size_t>(0, shape.size() - 1);
   switch (how) {
-    case 0: shape[d] += 1; break;
-    case 1: shape[d] = std::max<int64_t>(0, shape[d] - 1); break;
+    case 0: shape[d] = shape[d] < kI64Max ? shape[d] + 1 : shape[d]; break;
+    case 1: shape[d] = shape[d] > 0 ? shape[d] - 1 : 0; break;
     case 2: shape[d] = small_or_extreme(fdp, -2, 9); break;
     case 3: shape.push_back(fdp.ConsumeIntegralInRange<int64_t>(1, 3)); break;  // extra dim (maybe 5-D)
     case 4: shape.erase(shape.begin() + long(d)); break;
     case 5: shape[d] = 0; break;
     case 6: shape[d] = int64_t(1) << fdp.ConsumeIntegralInRange<int>(20, 62); break;
-    default: shape[d] *= 2; break;
+    default: shape[d] = (shape[d] > -(int64_t(1) << 61) && shape[d] < (int64_t(1) << 61)) ? shape[d] * 2 : 0; break;
   }
 }
 

@@ -517,8 +517,10 @@ struct EngineAmx {
     _mm512_storeu_si512(Pl + r * kBk + j, reinterpret_cast<const __m512i&>(pl));
   }
 
-  // P (bf16) = exp2(x*c - mb), c = xs*log2e, mb = mn*log2e (one FMA); degree-4 exp2.
-  float exp_row(int r, int jn, float xs, float mn, bool general, const uint32_t* w, uint32_t thr) {
+  // P (bf16) = exp2(x*c - mb), c = xs*log2e, mb = mn*log2e (one FMA); degree-4 exp2;
+  // flush: 0 below kPFlush (fwd_driver.h; p - Ph of a 2^-126 p would be denormal).
+  static inline __m512 exp2_sel(bool flush, __m512 t) { return flush ? exp2_flush_ps<4>(t) : exp2_ps<4>(t); }
+  float exp_row(int r, int jn, float xs, float mn, bool general, bool flush, const uint32_t* w, uint32_t thr) {
     const float* s = srow(r);
     uint16_t* pr = P + r * kBk;
     const __m512 vc = _mm512_set1_ps(xs * kLog2e), vmb = _mm512_set1_ps(mn * kLog2e),
@@ -528,8 +530,8 @@ struct EngineAmx {
     const int jn32 = int(round_up(jn, 32));
     if (!general && !w && jn == jn32) {  // hot path: no masks, no dropout, whole vectors
       for (int j = 0; j < jn; j += 32) {
-        const __m512 p0 = exp2_flush_ps<4>(_mm512_fmsub_ps(_mm512_loadu_ps(s + j), vc, vmb));
-        const __m512 p1 = exp2_flush_ps<4>(_mm512_fmsub_ps(_mm512_loadu_ps(s + j + 16), vc, vmb));
+        const __m512 p0 = exp2_sel(flush, _mm512_fmsub_ps(_mm512_loadu_ps(s + j), vc, vmb));
+        const __m512 p1 = exp2_sel(flush, _mm512_fmsub_ps(_mm512_loadu_ps(s + j + 16), vc, vmb));
         sum0 = _mm512_add_ps(sum0, p0);
         sum1 = _mm512_add_ps(sum1, p1);
         store_p_split(r, j, p0, p1);
@@ -544,8 +546,8 @@ struct EngineAmx {
         m0 &= _mm512_cmp_ps_mask(x0, vmasked, _CMP_NEQ_UQ);
         m1 &= _mm512_cmp_ps_mask(x1, vmasked, _CMP_NEQ_UQ);
       }
-      __m512 p0 = _mm512_maskz_mov_ps(m0, exp2_flush_ps<4>(_mm512_fmsub_ps(x0, vc, vmb)));
-      __m512 p1 = _mm512_maskz_mov_ps(m1, exp2_flush_ps<4>(_mm512_fmsub_ps(x1, vc, vmb)));
+      __m512 p0 = _mm512_maskz_mov_ps(m0, exp2_sel(flush, _mm512_fmsub_ps(x0, vc, vmb)));
+      __m512 p1 = _mm512_maskz_mov_ps(m1, exp2_sel(flush, _mm512_fmsub_ps(x1, vc, vmb)));
       sum0 = _mm512_add_ps(sum0, p0);
       sum1 = _mm512_add_ps(sum1, p1);
       if (w) {

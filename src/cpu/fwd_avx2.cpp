@@ -57,10 +57,11 @@ static inline void pv_tile_avx2(float* O, int64_t Dp, const float* P, int64_t ld
   }
 }
 
-// 2^t, t clamped at -126 (tile/exp2_poly.h degree 5); NaN in, NaN out; exactly 0 for
+// 2^t, t clamped at -126 (tile/exp2_poly.h degree 5); NaN in, NaN out; flush: exactly 0 for
 // t < kPFlush (fwd_driver.h denormal flush).
-static inline __m256 exp2_avx2(__m256 t) {
-  const __m256 keep = _mm256_cmp_ps(t, _mm256_set1_ps(kPFlush), _CMP_NLT_UQ);  // t >= flush or NaN
+static inline __m256 exp2_avx2(__m256 t, bool flush) {
+  const __m256 keep = flush ? _mm256_cmp_ps(t, _mm256_set1_ps(kPFlush), _CMP_NLT_UQ)  // t >= flush or NaN
+                            : _mm256_castsi256_ps(_mm256_set1_epi32(-1));
   t = _mm256_max_ps(_mm256_set1_ps(exp2c::kMinArg), t);  // operand order: NaN t propagates
   const __m256 fl = _mm256_floor_ps(t);
   const __m256 f = _mm256_sub_ps(t, fl);
@@ -109,7 +110,7 @@ struct EngineAvx2 : EnginePortable<128, 256> {
     }
   }
 
-  float exp_row(int r, int jn, float xs, float mn, bool general, const uint32_t* w, uint32_t thr) {
+  float exp_row(int r, int jn, float xs, float mn, bool general, bool flush, const uint32_t* w, uint32_t thr) {
     float* s = srow(r);
     const __m256 vxs = _mm256_set1_ps(xs), vmn = _mm256_set1_ps(mn), vl2e = _mm256_set1_ps(kLog2e),
                  vmasked = _mm256_set1_ps(kMasked);
@@ -117,7 +118,7 @@ struct EngineAvx2 : EnginePortable<128, 256> {
     int j = 0;
     for (; j + 8 <= jn; j += 8) {
       const __m256 x = _mm256_loadu_ps(s + j);
-      __m256 pv = exp2_avx2(_mm256_mul_ps(_mm256_fmsub_ps(x, vxs, vmn), vl2e));
+      __m256 pv = exp2_avx2(_mm256_mul_ps(_mm256_fmsub_ps(x, vxs, vmn), vl2e), flush);
       if (general) pv = _mm256_and_ps(pv, _mm256_cmp_ps(x, vmasked, _CMP_NEQ_UQ));
       acc = _mm256_add_ps(acc, pv);
       _mm256_storeu_ps(s + j, pv);
@@ -128,7 +129,7 @@ struct EngineAvx2 : EnginePortable<128, 256> {
     for (int k = 0; k < 8; ++k) sum += lanes8[k];
     for (; j < jn; ++j) {
       const float x = s[j];
-      float pv = exp2f_poly((x * xs - mn) * kLog2e);
+      float pv = exp2f_poly((x * xs - mn) * kLog2e, flush);
       if (general && x == kMasked) pv = 0.f;
       sum += pv;
       s[j] = pv;

@@ -215,8 +215,8 @@ struct EngineAvx512 {
   float logits_row_kept(const Problem& p, const RowMeta& rm, float* s, int64_t j0, int jn) {
     return logits_row_kept_avx512(p, rm, s, j0, jn);
   }
-  float exp_row(int r, int jn, float xs, float mn, bool general, const uint32_t* w, uint32_t thr) {
-    return exp_row_f32_avx512<5>(srow(r), jn, xs, mn, general, w, thr);
+  float exp_row(int r, int jn, float xs, float mn, bool general, bool flush, const uint32_t* w, uint32_t thr) {
+    return exp_row_f32_avx512<5>(srow(r), jn, xs, mn, general, flush, w, thr);
   }
   void scale_o(int r, float alpha) {
     float* o = orow(r);

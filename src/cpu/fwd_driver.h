@@ -49,8 +49,9 @@ namespace SA_NS {
 constexpr float kMasked = -3.4028234663852886e38f;  // -FLT_MAX (SPEC §1 step 3)
 constexpr float kBigSum = 3.4028234663852886e38f;   // +FLT_MAX (invalid-line sum)
 constexpr float kLog2e = 1.4426950408889634f;
-// Denormal flush of the online softmax (dev/11_pse_fast_path.txt): P = 2^t with t < kPFlush
-// (log2 units below the running max) is stored as exactly 0, and an O / l rescale factor below
+// Denormal flush of the online softmax (dev/11_pse_fast_path.txt): on rows with pse / ALiBi /
+// masks (exp_row's `flush`), P = 2^t with t < kPFlush (log2 units below the running max) is
+// stored as exactly 0 (plain rows: clamped at 2^-126); on every row an O / l rescale factor below
 // 2^kPFlush is 0. Without it, far ALiBi keys (t down at the 2^-126 clamp) fed P * V products and
 // O accumulators in the denormal range: microcode assists made fp32 ALiBi 3.7x slower. The terms
 // dropped are < 2^-64 of the row max (l >= 1), < 2^-33 relative for any S2 < 2^31.
@@ -633,7 +634,10 @@ void run_task(const Problem& p, const Task& t, E& e, const Partials* parts) {
         e.gen_words(uint64_t(p.rng.seed), uint64_t(p.rng.offset), q0, nq, words);
         w = words + (e0 & 3);
       }
-      const float sum = e.exp_row(r, jr, xs, mn, general, w, p.keep_threshold);
+      // denormal flush (kPFlush) on rows whose logits carry pse / ALiBi / mask: their far keys
+      // sit hundreds of log2 units below the max. Plain rows keep the cheaper clamp-only exp.
+      const bool flush = general || !plain_ok;
+      const float sum = e.exp_row(r, jr, xs, mn, general, flush, w, p.keep_threshold);
       if (jr < jn) e.zero_p_from(r, jr, int(jn));
       if (mn != mo && l[r] != 0.f) {
         const float dm = mo - mn;

@@ -160,9 +160,9 @@ struct EnginePortable {
     return logits_row_scalar(pr, rm, s, j0, jn);
   }
 
-  static inline float exp2f_poly(float t) {
+  static inline float exp2f_poly(float t, bool flush) {
     if (t != t) return t;  // NaN propagates (and int(NaN) below would be UB)
-    if (t < kPFlush) return 0.f;  // denormal flush (fwd_driver.h)
+    if (flush && t < kPFlush) return 0.f;  // denormal flush (fwd_driver.h)
     t = std::max(t, exp2c::kMinArg);
     int e = int(t);
     if (float(e) > t) e -= 1;
@@ -174,13 +174,13 @@ struct EnginePortable {
 
   // P = exp((x - mn)) with x = s * xs; masked (general rows: x == kMasked) -> 0; returns the
   // sum of the pre-dropout P; then dropped positions (w[j] >= thr) -> 0.
-  float exp_row(int r, int jn, float xs, float mn, bool general, const uint32_t* w, uint32_t thr) {
+  float exp_row(int r, int jn, float xs, float mn, bool general, bool flush, const uint32_t* w, uint32_t thr) {
     float* s = srow(r);
     float acc[16] = {};
     int j = 0;
     auto one = [&](int jj) -> float {
       const float x = s[jj];
-      float pv = exp2f_poly((x * xs - mn) * kLog2e);
+      float pv = exp2f_poly((x * xs - mn) * kLog2e, flush);
       if (general && x == kMasked) pv = 0.f;
       return pv;
     };

@@ -192,6 +192,21 @@ static inline float logits_row_avx512(const Problem& p, const RowMeta& rm, float
   return _mm512_reduce_max_ps(mx);
 }
 
+// sqrt(float(|k|)) for k in [-h, h), indexed by signed k (pse_type 3 ALiBi distances): per
+// thread, grown on demand; std::sqrt(float) is correctly rounded, as vsqrtps (bit-identical).
+// vsqrtps zmm has a reciprocal throughput of ~12 cycles: a contiguous load is far cheaper.
+constexpr int64_t kSqrtTableMax = int64_t(1) << 20;  // half-width limit (8 MiB per thread)
+static inline const float* alibi_sqrt_table(int64_t h) {
+  static thread_local std::vector<float> tab;
+  static thread_local int64_t half = 0;
+  if (h > half) {
+    half = std::min(std::max(h, 2 * half), kSqrtTableMax);
+    tab.resize(size_t(2 * half));
+    for (int64_t k = 0; k < 2 * half; ++k) tab[size_t(k)] = std::sqrt(float(std::llabs(k - half)));
+  }
+  return tab.data() + half;
+}
+
 // The logits of a row tile whose keys [j0, j0 + jn) are ALL kept (kFull / kPrefix rows with
 // pse / ALiBi or scale <= 0): logits_row_avx512 without the keep compares, mask bytes and
 // masked stores; the bias is added in registers in the max pass, with the same roundings
@@ -204,6 +219,10 @@ static inline float logits_row_kept_avx512(const Problem& p, const RowMeta& rm, 
     return logits_row_avx512(p, rm, s, j0, jn);  // every key kept: the same x
   const __m512 vscale = _mm512_set1_ps(float(p.scale)), vslope = _mm512_set1_ps(rm.slope);
   const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const int64_t hreach = std::llabs(abase) + jn + 16;
+  const float* sq = d.kind == PseKind::slopes && d.pse_type == 3 && hreach <= kSqrtTableMax
+                        ? alibi_sqrt_table(hreach) + abase
+                        : nullptr;  // sq[j] = sqrt(|abase + j|)
   __m512 mx0 = _mm512_set1_ps(kMasked), mx1 = mx0;
   auto one = [&](int j, __mmask16 kt) -> __m512 {
     const __m512 qk = _mm512_maskz_loadu_ps(kt, s + j);
@@ -213,9 +232,14 @@ static inline float logits_row_kept_avx512(const Problem& p, const RowMeta& rm, 
       x = d.pse_type == 1 ? _mm512_mul_ps(vscale, _mm512_add_ps(qk, bias))
                           : _mm512_add_ps(_mm512_mul_ps(vscale, qk), bias);
     } else if (d.kind == PseKind::slopes) {
-      const __m512i dv = _mm512_add_epi32(_mm512_set1_epi32(int32_t(abase + j)), iota);
-      __m512 dist = _mm512_cvtepi32_ps(_mm512_abs_epi32(dv));
-      if (d.pse_type == 3) dist = _mm512_sqrt_ps(dist);
+      __m512 dist;
+      if (sq) {
+        dist = _mm512_maskz_loadu_ps(kt, sq + j);
+      } else {
+        const __m512i dv = _mm512_add_epi32(_mm512_set1_epi32(int32_t(abase + j)), iota);
+        dist = _mm512_cvtepi32_ps(_mm512_abs_epi32(dv));
+        if (d.pse_type == 3) dist = _mm512_sqrt_ps(dist);
+      }
       x = _mm512_sub_ps(_mm512_mul_ps(vscale, qk), _mm512_mul_ps(vslope, dist));
     } else {
       x = _mm512_mul_ps(vscale, qk);
@@ -288,10 +312,11 @@ static inline void gen_words_avx512(uint64_t seed, uint64_t off, uint64_t q0, in
 }
 
 // P = exp2((x*xs - mn) * log2e) over a row; general rows zero masked (x == kMasked) lanes;
+// flush: P = 0 where the exp2 argument is below kPFlush (fwd_driver.h);
 // returns the pre-dropout sum; dropped positions (w >= thr, unsigned) -> 0. Writes fp32 P.
-template <int DEG>
-static inline float exp_row_f32_avx512(float* s, int jn, float xs, float mn, bool general, const uint32_t* w,
-                                       uint32_t thr) {
+template <int DEG, bool FLUSH>
+static inline float exp_row_f32_avx512_t(float* s, int jn, float xs, float mn, bool general, const uint32_t* w,
+                                         uint32_t thr) {
   const __m512 vxs = _mm512_set1_ps(xs), vmn = _mm512_set1_ps(mn), vl2e = _mm512_set1_ps(kLog2e),
                vmasked = _mm512_set1_ps(kMasked);
   const __m512i vthr = _mm512_set1_epi32(int32_t(thr));
@@ -302,10 +327,18 @@ static inline float exp_row_f32_avx512(float* s, int jn, float xs, float mn, boo
     const __m512 t = _mm512_mul_ps(_mm512_fmsub_ps(x, vxs, vmn), vl2e);
     __mmask16 k = kt;
     if (general) k &= _mm512_cmp_ps_mask(x, vmasked, _CMP_NEQ_UQ);  // NaN logits stay
-    __m512 pv = _mm512_maskz_mov_ps(k, exp2_flush_ps<DEG>(t));
+    __m512 pv;
+    if constexpr (FLUSH) pv = _mm512_maskz_mov_ps(k, exp2_flush_ps<DEG>(t));
+    else pv = _mm512_maskz_mov_ps(k, exp2_ps<DEG>(t));
     sum = _mm512_add_ps(sum, pv);
     if (w) pv = _mm512_maskz_mov_ps(_mm512_cmplt_epu32_mask(_mm512_maskz_loadu_epi32(kt, w + j), vthr), pv);
     _mm512_mask_storeu_ps(s + j, kt, pv);
   }
   return _mm512_reduce_add_ps(sum);
+}
+template <int DEG>
+static inline float exp_row_f32_avx512(float* s, int jn, float xs, float mn, bool general, bool flush,
+                                       const uint32_t* w, uint32_t thr) {
+  return flush ? exp_row_f32_avx512_t<DEG, true>(s, jn, xs, mn, general, w, thr)
+               : exp_row_f32_avx512_t<DEG, false>(s, jn, xs, mn, general, w, thr);
 }
