@@ -299,11 +299,11 @@ struct Builder {
       p.stat_base.resize(Bn);
       p.stat_sn.assign(Bn, p.S1);
       const int64_t per_b = checked_mul(checked_mul(p.N1, p.S1, "query"), p.S2, "numels");
+      p.numels = checked_mul(per_b, p.B, "numels");  // before b * per_b below (no overflow then)
       for (size_t b = 0; b < Bn; ++b) {
         p.drop_base[b] = int64_t(b) * per_b;
         p.stat_base[b] = int64_t(b) * p.N1 * p.S1;
       }
-      p.numels = checked_mul(per_b, p.B, "numels");
       return;
     }
     p.T1 = p.S1;
@@ -353,8 +353,8 @@ struct Builder {
       p.S1 = std::max(p.S1, p.sq[b]);
       p.S2 = std::max(p.S2, p.skv[b]);
       p.drop_base[b] = drop;
-      drop += checked_mul(checked_mul(p.N1, p.sq[b], "numels"), p.skv[b], "numels");
-      if (drop < 0) value_error("numels: size overflows 64-bit indexing");
+      if (__builtin_add_overflow(drop, checked_mul(checked_mul(p.N1, p.sq[b], "numels"), p.skv[b], "numels"), &drop))
+        value_error("numels: size overflows 64-bit indexing");
       p.stat_base[b] = p.N1 * p.row0_q[b];
       p.stat_sn[b] = p.sq[b];
     }
