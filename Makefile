@@ -83,6 +83,8 @@ test: build
 	$(MAKE) --no-print-directory cpp-test
 	$(MAKE) --no-print-directory python-test
 	CMAKE=$(CMAKE) BUILD_DIR=$(BUILD_DIR) JOBS=$(JOBS) bash tests/examples/run_cpp_example.sh
+	JOBS=$(JOBS) bash tests/sanitize/run.sh
+	JOBS=$(JOBS) bash fuzz/ci.sh
 
 cpp-test: cpp-build
 	$(CTEST) --test-dir $(BUILD_DIR) --output-on-failure -j $(JOBS)

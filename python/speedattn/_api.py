@@ -176,8 +176,9 @@ def _numpy_arg(x: np.ndarray, name: str, allowed) -> _Arg:
     if x.ndim > 4:
         raise ValueError(f"{name} must have at most 4 dimensions, got shape {tuple(x.shape)}")
     item = x.itemsize
-    if any(s % item for s in x.strides) or (x.ndim and x.shape[-1] > 1 and x.strides[-1] != item):
-        x = np.ascontiguousarray(x)
+    if (not x.flags.aligned or any(s % item for s in x.strides)
+            or (x.ndim and x.shape[-1] > 1 and x.strides[-1] != item)):
+        x = np.require(x, requirements=("C", "A"))  # contiguous and aligned (a copy)
     shape = list(x.shape)
     strides = [s // item for s in x.strides]
     if shape and shape[-1] <= 1:

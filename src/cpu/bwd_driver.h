@@ -708,9 +708,10 @@ void backward_with(const Problem& p, int64_t Bk, Prepare&& prepare) {
   for (int64_t b = 0; b < p.B; ++b)
     if (p.sq[size_t(b)] == 0 || p.skv[size_t(b)] == 0) zero_all = true;
   if (zero_all) {
-    std::memset(dq, 0, size_t(p.dq_spec.numel()) * es);
-    std::memset(dk, 0, size_t(p.dk_spec.numel()) * es);
-    std::memset(dv, 0, size_t(p.dv_spec.numel()) * es);
+    // (zero-size outputs may have null pointers: memset(nullptr, 0, 0) is undefined)
+    if (p.dq_spec.numel()) std::memset(dq, 0, size_t(p.dq_spec.numel()) * es);
+    if (p.dk_spec.numel()) std::memset(dk, 0, size_t(p.dk_spec.numel()) * es);
+    if (p.dv_spec.numel()) std::memset(dv, 0, size_t(p.dv_spec.numel()) * es);
   }
   Shared sh(p);
   sh.plan = make_plan(p, Bk);

@@ -133,7 +133,7 @@ struct EngineDecode {
       const size_t es = DT == DType::float32 ? 4 : 2;
       char* z = bvz.get<char>(size_t(jn) * size_t(D) * es);
       for (int jj = 0; jj < jn; ++jj)
-        std::memcpy(z + size_t(jj) * size_t(D) * es, static_cast<const char*>(vdat) + size_t(voff + jj * vss) * es,
+        std::memcpy(z + size_t(jj) * size_t(D) * es, static_cast<const char*>(vdat) + (voff + jj * vss) * int64_t(es),
                     size_t(D) * es);
       for (int t = 0; t < nbad_; ++t) std::memset(z + size_t(bad_[t]) * size_t(D) * es, 0, size_t(D) * es);
       vdat = z;
