@@ -92,60 +92,23 @@ static inline void pv_rows(int rb, int nv, float* O, int64_t Dp, const float* P,
   }
 }
 
-struct EngineAvx512 {
-  // 256 x 256 tiles: per task K/V are streamed once from L3/DRAM for 256 rows (at 128 rows
-  // the K/V stream cost 13% of the run in perf, B1 N4 S2048 D128 fp32).
-  static constexpr int kBq = 256, kBk = 256;
+// 256 x 256 tiles: per task K/V are streamed once from L3/DRAM for 256 rows (at 128 rows
+// the K/V stream cost 13% of the run in perf, B1 N4 S2048 D128 fp32).
+struct EngineAvx512 : EngineF32State<256, 256, 256 + 80> {
   // V is stored in column chunks of 64 ([chunk][kBk][64]) and PV walks keys in sub-blocks of
   // kPvKeys: 96 x 64 x 4 B = 24 KiB of V stays in the 48 KiB L1 across all row blocks.
   static constexpr int kPvKeys = 96;
   static constexpr int kQkRows = 12;  // 12 x 2 accumulators (24 zmm) + 2 K + 1 broadcast
   static constexpr int kPvRows = 6;   // 6 x 4 accumulators (24 zmm) + 4 V + 1 broadcast
-  static constexpr int kWords = 256 + 80;
   struct Shared {
     explicit Shared(const Problem&) {}
   };
 
-  int64_t D, Dp;
-  Buf bq, bkt, bv, bs, bo, btmp;
-  float *Q, *Kt, *V, *S, *O, *tmp, *tmp2;
-  RowMeta meta_[kBq];
-  float m_[kBq], l_[kBq];
-  uint8_t cls_[kBq];
-  int kend_[kBq];
-  alignas(64) uint32_t words_[kWords];
-  int nbad_ = 0;    // value rows of the current block with a NaN / Inf: zeroed in V, added back
-  int bad_[kBk];    // by fwd_driver.h fix_bad_v where P != 0 (masked / dropped P never meets them)
-
-  EngineAvx512(const Problem& prob, const Shared&) : D(prob.D), Dp(round_up(prob.D, 16)) {
+  EngineAvx512(const Problem& prob, const Shared&) : EngineF32State(prob.D) {
     Q = bq.get<float>(size_t(kBq * Dp));
     Kt = bkt.get<float>(size_t(Dp * kBk));
     V = bv.get<float>(size_t(kBk * round_up(Dp, 64)));
-    S = bs.get<float>(size_t(kBq * kBk));
-    O = bo.get<float>(size_t(kBq * Dp));
-    tmp = btmp.get<float>(size_t(2 * Dp));
-    tmp2 = tmp + Dp;
   }
-  static constexpr int kStrip = kBq;
-  static constexpr bool kOverlap = false;  // no QK/softmax/PV software pipeline
-  static constexpr int kRowsPerStep = 1;
-  template <class F> void qk_overlap(int, int, int, F&) {}
-  template <class F> void pv_overlap(int, int, int, F&) {}  // rows per QK/softmax/PV strip (fwd_driver.h)
-  RowMeta* meta() { return meta_; }
-  void end_task() {}
-  float* mvec() { return m_; }
-  float* lvec() { return l_; }
-  uint8_t* clsvec() { return cls_; }
-  int* kendvec() { return kend_; }
-  uint32_t* wordbuf() { return words_; }
-  float* tmprow() { return tmp; }
-  float* tmprow2() { return tmp2; }
-  float* orow(int r) { return O + r * Dp; }
-  float* srow(int r) { return S + r * kBk; }
-  int nbad_v() const { return nbad_; }
-  const int* bad_v() const { return bad_; }
-  float p_at(int r, int jj) const { return S[r * kBk + jj]; }
-  static int64_t opos(int64_t d) { return d; }
 
   static void store_row(void* base, DType dt, int64_t off, const float* src, int64_t D) {
     store_row_avx512(base, dt, off, src, D);

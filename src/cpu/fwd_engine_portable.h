@@ -14,54 +14,21 @@
 // (needs cpu/tile/exp2_poly.h, included by fwd_driver.h)
 
 template <int kBq_, int kBk_>
-struct EnginePortable {
-  static constexpr int kBq = kBq_, kBk = kBk_;
-  static constexpr int kWords = (kBk > 256 ? kBk : 256) + 16;
+struct EnginePortable : EngineF32State<kBq_, kBk_, (kBk_ > 256 ? kBk_ : 256) + 16> {
+  using Base = EngineF32State<kBq_, kBk_, (kBk_ > 256 ? kBk_ : 256) + 16>;
+  using Base::kBq, Base::kBk, Base::D, Base::Dp, Base::Q, Base::Kt, Base::V, Base::S, Base::O, Base::tmp,
+      Base::nbad_, Base::bad_, Base::srow, Base::orow;
   struct Shared {
     explicit Shared(const Problem&) {}
   };
 
   const Problem& p;
-  int64_t D, Dp;
-  Buf bq, bkt, bv, bs, bo, btmp;
-  float *Q, *Kt, *V, *S, *O, *tmp, *tmp2;
-  RowMeta meta_[kBq];
-  float m_[kBq], l_[kBq];
-  uint8_t cls_[kBq];
-  int kend_[kBq];
-  uint32_t words_[kWords];
-  int nbad_ = 0;     // value rows of the current block with a NaN / Inf (zeroed in V; fwd_driver.h
-  int bad_[kBk];     // fix_bad_v adds them back where P != 0)
 
-  EnginePortable(const Problem& prob, const Shared&) : p(prob), D(prob.D), Dp(round_up(prob.D, 16)) {
-    Q = bq.get<float>(size_t(kBq * Dp));
-    Kt = bkt.get<float>(size_t(D * kBk));
-    V = bv.get<float>(size_t(kBk * Dp));
-    S = bs.get<float>(size_t(kBq * kBk));
-    O = bo.get<float>(size_t(kBq * Dp));
-    tmp = btmp.get<float>(size_t(2 * Dp));
-    tmp2 = tmp + Dp;
+  EnginePortable(const Problem& prob, const Shared&) : Base(prob.D), p(prob) {
+    Q = this->bq.template get<float>(size_t(kBq * Dp));
+    Kt = this->bkt.template get<float>(size_t(D * kBk));
+    V = this->bv.template get<float>(size_t(kBk * Dp));
   }
-  static constexpr int kStrip = kBq;
-  static constexpr bool kOverlap = false;  // no QK/softmax/PV software pipeline
-  static constexpr int kRowsPerStep = 1;
-  template <class F> void qk_overlap(int, int, int, F&) {}
-  template <class F> void pv_overlap(int, int, int, F&) {}  // rows per QK/softmax/PV strip (fwd_driver.h)
-  RowMeta* meta() { return meta_; }
-  void end_task() {}
-  float* mvec() { return m_; }
-  float* lvec() { return l_; }
-  uint8_t* clsvec() { return cls_; }
-  int* kendvec() { return kend_; }
-  uint32_t* wordbuf() { return words_; }
-  float* tmprow() { return tmp; }
-  float* tmprow2() { return tmp2; }
-  float* orow(int r) { return O + r * Dp; }
-  float* srow(int r) { return S + r * kBk; }
-  int nbad_v() const { return nbad_; }
-  const int* bad_v() const { return bad_; }
-  float p_at(int r, int jj) const { return S[r * kBk + jj]; }
-  static int64_t opos(int64_t d) { return d; }
 
   static void load_row(const void* base, DType dt, int64_t off, float* dst, int64_t D) {
     switch (dt) {
