@@ -94,7 +94,7 @@ static inline void pv_rows(int rb, int nv, float* O, int64_t Dp, const float* P,
 
 // 256 x 256 tiles: per task K/V are streamed once from L3/DRAM for 256 rows (at 128 rows
 // the K/V stream cost 13% of the run in perf, B1 N4 S2048 D128 fp32).
-struct EngineAvx512 : EngineF32State<256, 256, 256 + 80> {
+struct EngineAvx512 : EngineF32State<256, 256, 256 + 80>, SoftmaxRowsAvx512<EngineAvx512> {
   // V is stored in column chunks of 64 ([chunk][kBk][64]) and PV walks keys in sub-blocks of
   // kPvKeys: 96 x 64 x 4 B = 24 KiB of V stays in the 48 KiB L1 across all row blocks.
   static constexpr int kPvKeys = 96;
@@ -169,23 +169,7 @@ struct EngineAvx512 : EngineF32State<256, 256, 256 + 80> {
     }
   }
 
-  void zero_p(int r, int jn) { std::memset(srow(r), 0, size_t(jn) * sizeof(float)); }
-  void zero_p_from(int r, int from, int jn) { std::memset(srow(r) + from, 0, size_t(jn - from) * sizeof(float)); }
-  float row_max(const float* s, int jn) { return row_max_avx512(s, jn); }
-  float logits_row(const Problem& p, const RowMeta& rm, float* s, int64_t j0, int jn) {
-    return logits_row_avx512(p, rm, s, j0, jn);
-  }
-  float logits_row_kept(const Problem& p, const RowMeta& rm, float* s, int64_t j0, int jn) {
-    return logits_row_kept_avx512(p, rm, s, j0, jn);
-  }
-  float exp_row(int r, int jn, float xs, float mn, bool general, bool flush, const uint32_t* w, uint32_t thr) {
-    return exp_row_f32_avx512<5>(srow(r), jn, xs, mn, general, flush, w, thr);
-  }
-  void scale_o(int r, float alpha) {
-    float* o = orow(r);
-    const __m512 a = _mm512_set1_ps(alpha);
-    for (int64_t d = 0; d < Dp; d += 16) _mm512_store_ps(o + d, _mm512_mul_ps(_mm512_load_ps(o + d), a));
-  }
+  int64_t orow_width() const { return Dp; }
   void pv(int rlo, int rhi, int jn) {
     const int nvt = int(Dp / 16);
     for (int v0 = 0; v0 < nvt; v0 += 4) {

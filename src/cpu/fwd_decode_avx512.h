@@ -15,7 +15,7 @@
 // Q and O are kept in the same "engine order" as the converted rows (bf16: even/odd permuted
 // within each 32-element chunk); end_task restores natural order before the driver reads O.
 template <DType DT>
-struct EngineDecode {
+struct EngineDecode : SoftmaxRowsAvx512<EngineDecode<DT>> {
   static constexpr int kRows = 16;  // rows per task: R * D/16 FMAs per key stay under the
                                     // DRAM time of a K+V row (~95 cycles at 13 GB/s, D=128)
   static constexpr int kBq = kRows, kBk = 256;  // S = 16 KiB, partial sums 16 KiB: L1
@@ -256,23 +256,7 @@ struct EngineDecode {
       }
   }
 
-  void zero_p(int r, int jn) { std::memset(srow(r), 0, size_t(jn) * sizeof(float)); }
-  void zero_p_from(int r, int from, int jn) { std::memset(srow(r) + from, 0, size_t(jn - from) * sizeof(float)); }
-  float row_max(const float* s, int jn) { return row_max_avx512(s, jn); }
-  float logits_row(const Problem& p, const RowMeta& rm, float* s, int64_t j0, int jn) {
-    return logits_row_avx512(p, rm, s, j0, jn);
-  }
-  float logits_row_kept(const Problem& p, const RowMeta& rm, float* s, int64_t j0, int jn) {
-    return logits_row_kept_avx512(p, rm, s, j0, jn);
-  }
-  float exp_row(int r, int jn, float xs, float mn, bool general, bool flush, const uint32_t* w, uint32_t thr) {
-    return exp_row_f32_avx512<5>(srow(r), jn, xs, mn, general, flush, w, thr);
-  }
-  void scale_o(int r, float alpha) {
-    float* o = orow(r);
-    const __m512 a = _mm512_set1_ps(alpha);
-    for (int64_t d = 0; d < Dv; d += 16) _mm512_store_ps(o + d, _mm512_mul_ps(_mm512_load_ps(o + d), a));
-  }
+  int64_t orow_width() const { return Dv; }
   void gen_words(uint64_t seed, uint64_t off, uint64_t q0, int64_t nq, uint32_t* w) {
     gen_words_avx512(seed, off, q0, nq, w);
   }

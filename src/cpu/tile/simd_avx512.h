@@ -342,3 +342,33 @@ static inline float exp_row_f32_avx512(float* s, int jn, float xs, float mn, boo
   return flush ? exp_row_f32_avx512_t<DEG, true>(s, jn, xs, mn, general, w, thr)
                : exp_row_f32_avx512_t<DEG, false>(s, jn, xs, mn, general, w, thr);
 }
+
+// The fp32 softmax-row steps of the fwd_driver.h engine interface, shared by the engines whose
+// S rows (E::srow) and O rows (E::orow, E::orow_width() floats, a multiple of 16, 64-B aligned)
+// are plain fp32: EngineAvx512 and EngineDecode. CRTP: E derives from SoftmaxRowsAvx512<E>.
+template <class E>
+struct SoftmaxRowsAvx512 {
+  void zero_p(int r, int jn) { std::memset(self().srow(r), 0, size_t(jn) * sizeof(float)); }
+  void zero_p_from(int r, int from, int jn) {
+    std::memset(self().srow(r) + from, 0, size_t(jn - from) * sizeof(float));
+  }
+  float row_max(const float* s, int jn) { return row_max_avx512(s, jn); }
+  float logits_row(const Problem& p, const RowMeta& rm, float* s, int64_t j0, int jn) {
+    return logits_row_avx512(p, rm, s, j0, jn);
+  }
+  float logits_row_kept(const Problem& p, const RowMeta& rm, float* s, int64_t j0, int jn) {
+    return logits_row_kept_avx512(p, rm, s, j0, jn);
+  }
+  float exp_row(int r, int jn, float xs, float mn, bool general, bool flush, const uint32_t* w, uint32_t thr) {
+    return exp_row_f32_avx512<5>(self().srow(r), jn, xs, mn, general, flush, w, thr);
+  }
+  void scale_o(int r, float alpha) {
+    float* o = self().orow(r);
+    const __m512 a = _mm512_set1_ps(alpha);
+    for (int64_t d = 0; d < self().orow_width(); d += 16)
+      _mm512_store_ps(o + d, _mm512_mul_ps(_mm512_load_ps(o + d), a));
+  }
+
+ private:
+  E& self() { return static_cast<E&>(*this); }
+};
