@@ -27,8 +27,9 @@ const std::vector<ForwardKernel>& forward_kernels() {
              {"fwd_avx512_fp16", Isa::avx512, DType::float16, &cpu::fwd_avx512},
              {"fwd_avx2_fp16", Isa::avx2, DType::float16, &cpu::fwd_avx2},)
       {"fwd_scalar_fp16", Isa::scalar, DType::float16, &cpu::fwd_scalar},
-      // float32: FMA micro-kernels.
-      SA_X86({"fwd_avx512_fp32", Isa::avx512, DType::float32, &cpu::fwd_avx512},
+      // float32: AMX with an exact three-part bf16 split (6 passes per GEMM); FMA micro-kernels.
+      SA_X86({"fwd_amx_fp32", Isa::amx, DType::float32, &cpu::fwd_amx_fp32},
+             {"fwd_avx512_fp32", Isa::avx512, DType::float32, &cpu::fwd_avx512},
              {"fwd_avx2_fp32", Isa::avx2, DType::float32, &cpu::fwd_avx2},)
       {"fwd_scalar_fp32", Isa::scalar, DType::float32, &cpu::fwd_scalar},
   };

@@ -63,22 +63,66 @@ static inline void load_tile_config() {
   _tile_loadconfig(&cfg);
 }
 
-// 16 elements of a bf16 or fp16 row as (hi, lo) bf16 halves (lo only for fp16: exact split).
-template <bool kSplit>
-static inline __m256i load_bf16x16(const uint16_t* src, __mmask16 k, __m256i* lo) {
-  if constexpr (!kSplit) {
-    return _mm256_maskz_loadu_epi16(k, src);
+// 16 elements of an input row (bf16 / fp16 / fp32 for kParts 1 / 2 / 3) as kParts bf16 vectors
+// whose sum is the value:
+//   kParts 1: the bf16 values themselves;
+//   kParts 2, 3: part i = bf16(x - part 0 - ... - part i-1), round to nearest even. Every
+//     residual is exact in fp32 and the last part holds the rest exactly (8 significant bits per
+//     part: 16 >= fp16's 11, 24 = fp32's 24). +-Inf: part 0 carries it, the others are 0 (the
+//     residual would be Inf - Inf). fp32 values above the largest finite bf16 take a truncated
+//     part 0 (rounding would give Inf). AMX treats bf16 denormals as 0 (DAZ): a part below
+//     2^-126 is lost, i.e. an fp32 value under ~2^-110 (1e-33) keeps 16 of its 24 bits, and
+//     fp32 denormal inputs count as 0 (their products are below every fp32 normal scale).
+template <int kParts>
+static inline void load_parts(const void* base, int64_t off, __mmask16 k, __m256i part[kParts]) {
+  if constexpr (kParts == 1) {
+    part[0] = _mm256_maskz_loadu_epi16(k, static_cast<const uint16_t*>(base) + off);
   } else {
-    const __m512 x = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, src));
-    const __m256i hi = reinterpret_cast<const __m256i&>(static_cast<const __m256bh&>(_mm512_cvtneps_pbh(x)));
-    const __m512 xh = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(hi), 16));
-    // lo = 0 for +-Inf (x - hi would be Inf - Inf = NaN: hi alone carries the Inf)
-    const __m256bh l = _mm512_cvtneps_pbh(_mm512_maskz_sub_ps(~_mm512_fpclass_ps_mask(x, 0x18), x, xh));
-    *lo = reinterpret_cast<const __m256i&>(l);
-    return hi;
+    __m512 x = kParts == 2 ? _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, static_cast<const uint16_t*>(base) + off))
+                           : _mm512_maskz_loadu_ps(k, static_cast<const float*>(base) + off);
+    const __mmask16 fin = ~_mm512_fpclass_ps_mask(x, 0x18);
+    const __mmask16 big =
+        _mm512_cmp_ps_mask(_mm512_abs_ps(x), _mm512_set1_ps(bitsf(0x7f7f0000u)), _CMP_GT_OQ) & fin;
+    for (int i = 0; i < kParts; ++i) {
+      const __m256bh hb = _mm512_cvtneps_pbh(x);
+      __m256i h = reinterpret_cast<const __m256i&>(hb);
+      if (i == 0) h = _mm256_mask_mov_epi16(h, big, _mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_castps_si512(x), 16)));
+      part[i] = h;
+      if (i + 1 < kParts)
+        x = _mm512_maskz_sub_ps(fin, x, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)));
+    }
   }
 }
 static inline __m512i join256(__m256i a, __m256i b) { return _mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1); }
+
+// One AMX product pass: C += A_a B_b with A / B the parts a / b of the two operands.
+struct Term {
+  int a, b;
+};
+// S = Q K^T = sum over kQk[kParts] of Q_a K_b^T; O += P V = sum over kPv[kParts] of P_a V_b.
+//   bf16:  S = Q K;                                     O += Ph V + Pl V            (P: 2 parts)
+//   fp16:  S = Qh Kh + Qh Kl + Ql Kh + Ql Kl (exact);   O += Ph Vh + Ph Vl + Pl Vh  (P: 2 parts)
+//   fp32:  the 6 products of order >= 2^-16 (parts 0..2; dropped terms ~2^-24 relative, the
+//          size of fp32 rounding), for S and for O += P V (P: 3 parts, exact).
+// Consecutive terms share an operand, so after the first each term loads one tile pair; the
+// B operand (K / V, streamed from L2) is loaded once per part.
+template <int kParts>
+struct Terms;
+template <>
+struct Terms<1> {
+  static constexpr Term qk[] = {{0, 0}};
+  static constexpr Term pv[] = {{0, 0}, {1, 0}};
+};
+template <>
+struct Terms<2> {
+  static constexpr Term qk[] = {{1, 0}, {0, 0}, {0, 1}, {1, 1}};
+  static constexpr Term pv[] = {{0, 1}, {0, 0}, {1, 0}};
+};
+template <>
+struct Terms<3> {
+  static constexpr Term qk[] = {{0, 2}, {0, 1}, {1, 1}, {1, 0}, {2, 0}, {0, 0}};
+  static constexpr Term pv[] = {{0, 2}, {0, 1}, {1, 1}, {1, 0}, {2, 0}, {0, 0}};
+};
 
 // Tuning knobs, overridable with -D only for the dev/ A/B experiments (03, 05, 06).
 #ifndef SA_AMX_BQ
@@ -91,22 +135,26 @@ static inline __m512i join256(__m256i a, __m256i b) { return _mm512_inserti64x4(
 #define SA_AMX_STRIP 32  // with the overlap pipeline (dev/06); kBq without (dev/03_amx_strips.txt)
 #endif
 
-template <bool kSplit>
+// kParts: bf16 parts per input element, 1 (bfloat16), 2 (float16), 3 (float32); see load_parts.
+template <int kParts>
 struct EngineAmx {
   static constexpr int kBq = SA_AMX_BQ, kBk = SA_AMX_BK;
   static constexpr int kWords = 256 + 80;
   static constexpr int64_t kPackKeys = 256;  // keys per pre-pass work item
+  // Parts of P: 2 (P = Ph + Pl to ~2^-16, below a bf16 / fp16 output's rounding, dev/07) or,
+  // for fp32 outputs, 3 (exact: P = P0 + P1 + P2, truncations of the fp32 p and its residuals).
+  static constexpr int kPParts = kParts == 3 ? 3 : 2;
+  using T = Terms<kParts>;
+  static constexpr int kNqk = int(sizeof(T::qk) / sizeof(Term)), kNpv = int(sizeof(T::pv) / sizeof(Term));
 
   struct Shared {
     int64_t D = 0, Dp32 = 0, Dp16 = 0;
     std::vector<int64_t> skvp, koff, voff;  // per (b, g): padded keys, word offsets
     std::vector<int64_t> joff;              // per (b, g): first key in vbad
     std::vector<uint8_t> vbad;              // per key: the value row has a NaN / Inf (packed as 0)
-    Buf kbuf, vbuf, klbuf, vlbuf;
-    uint32_t* kp = nullptr;
-    uint32_t* vp = nullptr;
-    uint32_t* kpl = nullptr;  // lo halves (fp16 split only)
-    uint32_t* vpl = nullptr;
+    Buf kbuf, vbuf;
+    uint32_t* kp[kParts] = {};  // K / V packs of each part (same offsets)
+    uint32_t* vp[kParts] = {};
     explicit Shared(const Problem& p) : D(p.D), Dp32(round_up(p.D, 32)), Dp16(round_up(p.D, 16)) {
       const int64_t BG = p.B * p.N2;
       skvp.resize(size_t(p.B));
@@ -131,11 +179,11 @@ struct EngineAmx {
         }
       }
       vbad.assign(size_t(jw), 0);
-      kp = kbuf.get<uint32_t>(size_t(kw));
-      vp = vbuf.get<uint32_t>(size_t(vw));
-      if (kSplit) {
-        kpl = klbuf.get<uint32_t>(size_t(kw));
-        vpl = vlbuf.get<uint32_t>(size_t(vw));
+      uint32_t* k0 = kbuf.get<uint32_t>(size_t(kw * kParts));
+      uint32_t* v0 = vbuf.get<uint32_t>(size_t(vw * kParts));
+      for (int i = 0; i < kParts; ++i) {
+        kp[i] = k0 + i * kw;
+        vp[i] = v0 + i * vw;
       }
       parallel_for(int64_t(units.size()), [&](int64_t u, int) {
         const auto [b, g, j0] = units[size_t(u)];
@@ -143,69 +191,54 @@ struct EngineAmx {
       });
     }
     void pack(const Problem& p, int64_t b, int64_t g, int64_t j0, int64_t nj) {
-      const int64_t skv = p.skv[size_t(b)], sp = skvp[size_t(b)];
-      const uint16_t* K = static_cast<const uint16_t*>(p.k.data);
-      const uint16_t* V = static_cast<const uint16_t*>(p.v.data);
+      const int64_t skv = p.skv[size_t(b)];
       const int64_t kb = b * p.k.sb + p.row0_kv[size_t(b)] * p.k.ss + g * p.k.sn;
       const int64_t vb = b * p.v.sb + p.row0_kv[size_t(b)] * p.v.ss + g * p.v.sn;
-      uint32_t* kdst = kp + koff[size_t(b * p.N2 + g)];
-      uint32_t* vdst = vp + voff[size_t(b * p.N2 + g)];
-      uint32_t* kdstl = kSplit ? kpl + koff[size_t(b * p.N2 + g)] : nullptr;
-      uint32_t* vdstl = kSplit ? vpl + voff[size_t(b * p.N2 + g)] : nullptr;
-      // K: 16 keys x 16 d-pairs blocks, 32-bit transpose
+      const int64_t ko = koff[size_t(b * p.N2 + g)], vo = voff[size_t(b * p.N2 + g)];
+      // K: 16 keys x 16 d-pairs blocks, 32-bit transpose (per part)
       for (int64_t j = j0; j < j0 + nj; j += 16) {
         for (int64_t q0 = 0; q0 < Dp32 / 2; q0 += 16) {
-          __m512 r[16], rl[16];
+          __m512 r[kParts][16];
           const int64_t d0 = 2 * q0;
           for (int jj = 0; jj < 16; ++jj) {
+            __m256i l[kParts], h[kParts];
+            for (int i = 0; i < kParts; ++i) l[i] = h[i] = _mm256_setzero_si256();
             if (j + jj < skv) {
-              const uint16_t* row = K + kb + (j + jj) * p.k.ss + d0;
-              __m256i l0 = _mm256_setzero_si256(), l1 = _mm256_setzero_si256();
-              const __m256i h0 = load_bf16x16<kSplit>(row, lanes(D - d0), &l0);
-              const __m256i h1 = load_bf16x16<kSplit>(row + 16, lanes(D - d0 - 16), &l1);
-              r[jj] = _mm512_castsi512_ps(join256(h0, h1));
-              rl[jj] = _mm512_castsi512_ps(join256(l0, l1));
-            } else {
-              r[jj] = rl[jj] = _mm512_setzero_ps();
+              const int64_t row = kb + (j + jj) * p.k.ss + d0;
+              load_parts<kParts>(p.k.data, row, lanes(D - d0), l);
+              load_parts<kParts>(p.k.data, row + 16, lanes(D - d0 - 16), h);
             }
+            for (int i = 0; i < kParts; ++i) r[i][jj] = _mm512_castsi512_ps(join256(l[i], h[i]));
           }
-          transpose16x16(r);
-          uint32_t* blk = kdst + (j / 16) * (Dp32 / 2) * 16;
-          for (int qq = 0; qq < 16; ++qq) _mm512_storeu_ps(reinterpret_cast<float*>(blk + (q0 + qq) * 16), r[qq]);
-          if (kSplit) {
-            transpose16x16(rl);
-            uint32_t* blkl = kdstl + (j / 16) * (Dp32 / 2) * 16;
-            for (int qq = 0; qq < 16; ++qq) _mm512_storeu_ps(reinterpret_cast<float*>(blkl + (q0 + qq) * 16), rl[qq]);
+          for (int i = 0; i < kParts; ++i) {
+            transpose16x16(r[i]);
+            uint32_t* blk = kp[i] + ko + (j / 16) * (Dp32 / 2) * 16;
+            for (int qq = 0; qq < 16; ++qq) _mm512_storeu_ps(reinterpret_cast<float*>(blk + (q0 + qq) * 16), r[i][qq]);
           }
         }
       }
       // V: key pairs interleaved per column. Rows with a NaN / Inf are packed as 0 and
       // flagged: fwd_driver.h fix_bad_v adds them where P != 0 (P = 0 never meets an Inf).
-      const __m512i vexp = _mm512_set1_epi16(int16_t(kSplit ? 0x7c00 : 0x7f80));
       auto nonfinite = [&](int64_t j) {
         if (j >= skv) return false;
-        const uint16_t* row = V + vb + j * p.v.ss;
-        __mmask32 bad = 0;
-        for (int64_t d = 0; d < D; d += 32)
-          bad |= _mm512_cmpeq_epi16_mask(_mm512_and_si512(_mm512_maskz_loadu_epi16(lanes32(D - d), row + d), vexp), vexp);
+        __mmask16 bad = 0;
+        for (int64_t d = 0; d < D; d += 16)
+          bad |= _mm512_fpclass_ps_mask(load16(p.v.data, p.dtype, vb + j * p.v.ss + d, lanes(D - d)), 0x99);
         if (bad) vbad[size_t(joff[size_t(b * p.N2 + g)] + j)] = 1;
         return bad != 0;
       };
       for (int64_t j = j0; j < j0 + nj; j += 2) {
-        const bool za = nonfinite(j), zc = nonfinite(j + 1);
+        const bool za = j >= skv || nonfinite(j), zc = j + 1 >= skv || nonfinite(j + 1);
         for (int64_t d = 0; d < Dp16; d += 16) {
           const __mmask16 kd = lanes(D - d);
-          __m256i al = _mm256_setzero_si256(), cl = _mm256_setzero_si256();
-          const __m256i a =
-              j < skv && !za ? load_bf16x16<kSplit>(V + vb + j * p.v.ss + d, kd, &al) : _mm256_setzero_si256();
-          const __m256i c = j + 1 < skv && !zc ? load_bf16x16<kSplit>(V + vb + (j + 1) * p.v.ss + d, kd, &cl)
-                                               : _mm256_setzero_si256();
-          const int64_t jp = j / 2, at = (jp / 16) * (Dp16 / 16) * 256 + (d / 16) * 256 + (jp % 16) * 16;
-          _mm512_storeu_si512(vdst + at, _mm512_or_si512(_mm512_cvtepu16_epi32(a),
-                                                         _mm512_slli_epi32(_mm512_cvtepu16_epi32(c), 16)));
-          if (kSplit)
-            _mm512_storeu_si512(vdstl + at, _mm512_or_si512(_mm512_cvtepu16_epi32(al),
-                                                            _mm512_slli_epi32(_mm512_cvtepu16_epi32(cl), 16)));
+          __m256i a[kParts], c[kParts];
+          for (int i = 0; i < kParts; ++i) a[i] = c[i] = _mm256_setzero_si256();
+          if (!za) load_parts<kParts>(p.v.data, vb + j * p.v.ss + d, kd, a);
+          if (!zc) load_parts<kParts>(p.v.data, vb + (j + 1) * p.v.ss + d, kd, c);
+          const int64_t jp = j / 2, at = vo + (jp / 16) * (Dp16 / 16) * 256 + (d / 16) * 256 + (jp % 16) * 16;
+          for (int i = 0; i < kParts; ++i)
+            _mm512_storeu_si512(vp[i] + at, _mm512_or_si512(_mm512_cvtepu16_epi32(a[i]),
+                                                            _mm512_slli_epi32(_mm512_cvtepu16_epi32(c[i]), 16)));
         }
       }
     }
@@ -213,19 +246,14 @@ struct EngineAmx {
 
   const Shared& sh;
   int64_t D, Dp32, Dp16;
-  Buf bq, bql, bs, bp, bpl, bo, btmp;
-  uint16_t* Qb;  // [kBq][Dp32] bf16 (hi halves when split)
-  uint16_t* Ql;  // lo halves (split only)
+  Buf bq, bs, bp, bo, btmp;
+  uint16_t* Qb;  // [kParts][kBq][Dp32] bf16 parts of Q
   float* S;      // [kBq][kBk]
-  uint16_t* P;   // [kBq][kBk] bf16 (hi halves when split)
-  uint16_t* Pl;  // lo halves: P = Ph + Pl to ~2^-17 (both dtypes; see pv)
+  uint16_t* P;   // [kPParts][kBq][kBk] bf16 parts of P
   float* O;      // [kBq][Dp16]
   float *tmp, *tmp2;
-  const uint32_t* kcur = nullptr;  // K pack at the block's first key
-  const uint32_t* vcur = nullptr;
-  const uint32_t* kcurl = nullptr;
-  const uint32_t* vcurl = nullptr;
-  int64_t kstride = 0;             // words per packed K row (S2p)
+  const uint32_t* kcur[kParts] = {};  // K / V packs of each part at the block's first key
+  const uint32_t* vcur[kParts] = {};
   RowMeta meta_[kBq];
   float m_[kBq], l_[kBq];
   uint8_t cls_[kBq];
@@ -236,25 +264,26 @@ struct EngineAmx {
 
   EngineAmx(const Problem& p, const Shared& s)
       : sh(s), D(p.D), Dp32(round_up(p.D, 32)), Dp16(round_up(p.D, 16)) {
-    Qb = bq.get<uint16_t>(size_t(kBq * Dp32));
-    Ql = kSplit ? bql.get<uint16_t>(size_t(kBq * Dp32)) : nullptr;
-    Pl = bpl.get<uint16_t>(size_t(kBq * kBk));
+    Qb = bq.get<uint16_t>(size_t(kParts * kBq * Dp32));
     S = bs.get<float>(size_t(kBq * kBk));
-    P = bp.get<uint16_t>(size_t(kBq * kBk));
+    P = bp.get<uint16_t>(size_t(kPParts * kBq * kBk));
     O = bo.get<float>(size_t(kBq * Dp16));
     tmp = btmp.get<float>(size_t(2 * Dp16));
     tmp2 = tmp + Dp16;
   }
+  uint16_t* qpart(int i) const { return Qb + i * kBq * Dp32; }
+  uint16_t* ppart(int i) const { return P + i * kBq * kBk; }
   // Rows per QK/softmax/PV strip: the whole q-block. 32-row strips (S of a strip in L1) were
   // slower: qk 60->68, softmax 74->79, pv 61->89 ms thread-CPU (dev/03_amx_strips.txt).
 #ifndef SA_AMX_OVERLAP
 #define SA_AMX_OVERLAP 1
 #endif
-  static constexpr int kStrip = (SA_AMX_OVERLAP && !kSplit) ? SA_AMX_STRIP : kBq;
+  static constexpr int kStrip = SA_AMX_OVERLAP ? SA_AMX_STRIP : kBq;
   // Software-pipelined QK / softmax / PV over 32-row strips (fwd_driver.h), softmax rows
   // interleaved with tile work: SA_AMX_FINE (default) one row per 8 TDPs, else two rows per
-  // 16 TDPs. +10% over no overlap (dev/06_amx_overlap.txt).
-  static constexpr bool kOverlap = SA_AMX_OVERLAP && !kSplit;
+  // 16 TDPs. +10% over no overlap for bf16 (dev/06_amx_overlap.txt), +2-3% for the fp16 / fp32
+  // splits, whose tile work dominates (dev/13_amx_fp32.txt).
+  static constexpr bool kOverlap = SA_AMX_OVERLAP;
 #ifndef SA_AMX_FINE
 #define SA_AMX_FINE 1
 #endif
@@ -271,7 +300,11 @@ struct EngineAmx {
   float* srow(int r) { return S + r * kBk; }
   int nbad_v() const { return nbad_; }
   const int* bad_v() const { return bad_; }
-  float p_at(int r, int jj) const { return bf16_to_f(P[r * kBk + jj]) + bf16_to_f(Pl[r * kBk + jj]); }
+  float p_at(int r, int jj) const {  // exact: the parts' sum is the fp32 p (kPParts 2: to ~2^-16)
+    float s = 0.f;
+    for (int i = 0; i < kPParts; ++i) s += bf16_to_f(ppart(i)[r * kBk + jj]);
+    return s;
+  }
   static int64_t opos(int64_t d) { return d; }
 
   static void store_row(void* base, DType dt, int64_t off, const float* src, int64_t D) {
@@ -280,17 +313,14 @@ struct EngineAmx {
 
   void begin_task(const Problem& p, int64_t b, int64_t, const RowMeta* rm, int R) {
     load_tile_config();
-    const uint16_t* q = static_cast<const uint16_t*>(p.q.data);
     const int R32 = int(round_up(R, 32));
     for (int r = 0; r < R32; ++r) {
-      uint16_t* dst = Qb + r * Dp32;
-      uint16_t* dstl = kSplit ? Ql + r * Dp32 : nullptr;
       const int64_t off = r < R ? b * p.q.sb + (p.row0_q[size_t(b)] + rm[r].i) * p.q.ss + rm[r].n * p.q.sn : 0;
       for (int64_t d = 0; d < Dp32; d += 16) {
-        __m256i lo = _mm256_setzero_si256();
-        const __m256i hi = r < R ? load_bf16x16<kSplit>(q + off + d, lanes(D - d), &lo) : _mm256_setzero_si256();
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + d), hi);
-        if (kSplit) _mm256_storeu_si256(reinterpret_cast<__m256i*>(dstl + d), lo);
+        __m256i x[kParts];
+        for (int i = 0; i < kParts; ++i) x[i] = _mm256_setzero_si256();
+        if (r < R) load_parts<kParts>(p.q.data, off + d, lanes(D - d), x);
+        for (int i = 0; i < kParts; ++i) _mm256_storeu_si256(reinterpret_cast<__m256i*>(qpart(i) + r * Dp32 + d), x[i]);
       }
     }
     std::memset(O, 0, size_t(R32 * Dp16) * sizeof(float));
@@ -298,16 +328,13 @@ struct EngineAmx {
   void end_task() { _tile_release(); }
 
   void load_kv(const Problem& p, int64_t b, int64_t g, int64_t j0, int jn) {
-    kstride = sh.skvp[size_t(b)];
     nbad_ = 0;
     const uint8_t* vb = sh.vbad.data() + sh.joff[size_t(b * p.N2 + g)] + j0;
     for (int jj = 0; jj < jn; ++jj)
       if (vb[jj]) bad_[nbad_++] = jj;
-    kcur = sh.kp + sh.koff[size_t(b * p.N2 + g)] + (j0 / 16) * (Dp32 / 2) * 16;
-    vcur = sh.vp + sh.voff[size_t(b * p.N2 + g)] + (j0 / 32) * (Dp16 / 16) * 256;
-    if (kSplit) {
-      kcurl = sh.kpl + sh.koff[size_t(b * p.N2 + g)] + (j0 / 16) * (Dp32 / 2) * 16;
-      vcurl = sh.vpl + sh.voff[size_t(b * p.N2 + g)] + (j0 / 32) * (Dp16 / 16) * 256;
+    for (int i = 0; i < kParts; ++i) {
+      kcur[i] = sh.kp[i] + sh.koff[size_t(b * p.N2 + g)] + (j0 / 16) * (Dp32 / 2) * 16;
+      vcur[i] = sh.vp[i] + sh.voff[size_t(b * p.N2 + g)] + (j0 / 32) * (Dp16 / 16) * 256;
     }
   }
 
@@ -320,108 +347,75 @@ struct EngineAmx {
     return std::min(jn32, int(round_up(m, 32)));
   }
 
-  // fp16 split: 16 rows x 32 keys per C pair; S = Qh Kh + Qh Kl + Ql Kh + Ql Kl: every product
-  // of the fp16 inputs is exact, so S carries only fp32 accumulation error (dropping Ql Kl,
-  // ~2^-18 |q||k| per term, moved softmax_sum by up to 5.5e-5 relative: docs/reliability.md F6).
-  void qk_split(int r0s, int r1s, int jn32, int rlo, int rhi) {
-    const int64_t qs = Dp32 * 2, kbs = (Dp32 / 2) * 16;
-    for (int r = r0s; r < r1s; r += 16) {
-      const int jl = key_limit(r, 16, rlo, rhi, jn32);
-      for (int j = 0; j < jl; j += 32) {
-        _tile_zero(0);
-        _tile_zero(1);
-        for (int64_t k = 0; k < Dp32 / 32; ++k) {
-          const int64_t ko = (j / 16) * kbs + 256 * k;
-          _tile_loadd(2, Qb + r * Dp32 + 32 * k, qs);
-          _tile_loadd(3, Ql + r * Dp32 + 32 * k, qs);
-          _tile_loadd(4, kcur + ko, 64);
-          _tile_loadd(5, kcur + ko + kbs, 64);
-          _tile_loadd(6, kcurl + ko, 64);
-          _tile_loadd(7, kcurl + ko + kbs, 64);
-          _tile_dpbf16ps(0, 2, 4);
-          _tile_dpbf16ps(1, 2, 5);
-          _tile_dpbf16ps(0, 2, 6);
-          _tile_dpbf16ps(1, 2, 7);
-          _tile_dpbf16ps(0, 3, 4);
-          _tile_dpbf16ps(1, 3, 5);
-          _tile_dpbf16ps(0, 3, 6);
-          _tile_dpbf16ps(1, 3, 7);
-        }
-        _tile_stored(0, S + r * kBk + j, kBk * 4);
-        _tile_stored(1, S + r * kBk + j + 16, kBk * 4);
+  // One pass C += A B on a 2x2 block of C tiles 0 1 / 2 3 (A rows: tiles 4, 5 when two; B
+  // columns: tiles 6, 7 when twod), loading the operand tiles that change (ca: A via la(i) into
+  // tile 4 + i, cb: B via lb(i) into 6 + i) interleaved with the TDPs, each load right after the
+  // last read of the tile it replaces.
+  template <class LA, class LB>
+  static inline void pass2x2(bool ca, bool cb, bool two, bool twod, LA la, LB lb) {
+    if (ca && cb) {
+      la(0);
+      lb(0);
+      _tile_dpbf16ps(0, 4, 6);
+      if (twod) {
+        lb(1);
+        _tile_dpbf16ps(1, 4, 7);
+      }
+      if (two) {
+        la(1);
+        _tile_dpbf16ps(2, 5, 6);
+        if (twod) _tile_dpbf16ps(3, 5, 7);
+      }
+    } else if (cb) {
+      lb(0);
+      _tile_dpbf16ps(0, 4, 6);
+      if (two) _tile_dpbf16ps(2, 5, 6);
+      if (twod) {
+        lb(1);
+        _tile_dpbf16ps(1, 4, 7);
+        if (two) _tile_dpbf16ps(3, 5, 7);
+      }
+    } else {
+      la(0);
+      _tile_dpbf16ps(0, 4, 6);
+      if (twod) _tile_dpbf16ps(1, 4, 7);
+      if (two) {
+        la(1);
+        _tile_dpbf16ps(2, 5, 6);
+        if (twod) _tile_dpbf16ps(3, 5, 7);
       }
     }
   }
 
-  void qk(int rlo, int rhi, int jn) {
-    const int r0s = rlo & ~15, r1s = int(round_up(rhi, 16));
-    const int jn32 = int(round_up(jn, 32));
-    if constexpr (kSplit) {
-      qk_split(r0s, r1s, jn32, rlo, rhi);
-      return;
-    }
-    const int64_t ks = 64, qs = Dp32 * 2;
-    for (int r = r0s; r < r1s; r += 32) {
-      const bool two = r + 32 <= r1s;
-      const uint16_t* qa = Qb + r * Dp32;
-      const int jl = key_limit(r, 32, rlo, rhi, jn32);
-      for (int j = 0; j < jl; j += 32) {
-        _tile_zero(0);
-        _tile_zero(1);
-        _tile_zero(2);
-        _tile_zero(3);
-        for (int64_t k = 0; k < Dp32 / 32; ++k) {
-          const uint32_t* kb = kcur + (j / 16) * (Dp32 / 2) * 16 + 256 * k;
-          _tile_loadd(4, qa + 32 * k, qs);
-          _tile_loadd(6, kb, ks);
-          _tile_loadd(7, kb + (Dp32 / 2) * 16, ks);
-          _tile_dpbf16ps(0, 4, 6);
-          _tile_dpbf16ps(1, 4, 7);
-          if (two) {
-            _tile_loadd(5, qa + 16 * Dp32 + 32 * k, qs);
-            _tile_dpbf16ps(2, 5, 6);
-            _tile_dpbf16ps(3, 5, 7);
-          }
-        }
-        float* s = S + r * kBk + j;
-        _tile_stored(0, s, kBk * 4);
-        _tile_stored(1, s + 16, kBk * 4);
-        if (two) {
-          _tile_stored(2, s + 16 * kBk, kBk * 4);
-          _tile_stored(3, s + 16 * kBk + 16, kBk * 4);
-        }
-      }
-    }
-  }
-
-  // QK of one strip (<= 32 rows, inside one aligned 32-row block), calling step() after each
-  // 32x32 block (16 TDPs).
+  // S[r, r + 16 or 32)[0, jl) = sum of the T::qk passes: 2x2 blocking of 16x16 fp32 C tiles
+  // (rows x keys 32 x 32; 16 x 32 when !two), TDPBF16PS over D, per 32 d the terms in order;
+  // step() every 2 terms (SA_AMX_FINE) or per 32 keys.
   template <class F>
-  void qk_overlap(int lo, int hi, int jn, F& step) {
-    const int r = lo & ~15, r1s = int(round_up(hi, 16));
-    const bool two = r + 32 <= r1s;
-    const int jn32 = int(round_up(jn, 32));
-    const int jl = key_limit(r, 32, lo, hi, jn32);
-    const uint16_t* qa = Qb + r * Dp32;
-    const int64_t qs = Dp32 * 2;
+  void qk_rows(int r, bool two, int jl, F& step) {
+    const int64_t qs = Dp32 * 2, kbs = (Dp32 / 2) * 16;
+    int n = 0;
     for (int j = 0; j < jl; j += 32) {
       _tile_zero(0);
       _tile_zero(1);
       _tile_zero(2);
       _tile_zero(3);
       for (int64_t k = 0; k < Dp32 / 32; ++k) {
-        const uint32_t* kb = kcur + (j / 16) * (Dp32 / 2) * 16 + 256 * k;
-        _tile_loadd(4, qa + 32 * k, qs);
-        _tile_loadd(6, kb, 64);
-        _tile_loadd(7, kb + (Dp32 / 2) * 16, 64);
-        _tile_dpbf16ps(0, 4, 6);
-        _tile_dpbf16ps(1, 4, 7);
-        if (two) {
-          _tile_loadd(5, qa + 16 * Dp32 + 32 * k, qs);
-          _tile_dpbf16ps(2, 5, 6);
-          _tile_dpbf16ps(3, 5, 7);
+#pragma GCC unroll 8
+        for (int t = 0; t < kNqk; ++t) {
+          const Term tm = T::qk[t];
+          const uint16_t* qa = qpart(tm.a) + r * Dp32 + 32 * k;
+          const uint32_t* kb = kcur[tm.b] + (j / 16) * kbs + 256 * k;
+          pass2x2(t == 0 || tm.a != T::qk[t - 1].a, t == 0 || tm.b != T::qk[t - 1].b, two, true,
+                  [&](int i) {
+                    if (i) _tile_loadd(5, qa + 16 * Dp32, qs);
+                    else _tile_loadd(4, qa, qs);
+                  },
+                  [&](int i) {
+                    if (i) _tile_loadd(7, kb + kbs, 64);
+                    else _tile_loadd(6, kb, 64);
+                  });
+          if (SA_AMX_FINE && ++n % 2 == 0) step();
         }
-        if (SA_AMX_FINE && k % 2 == 1) step();
       }
       float* s = S + r * kBk + j;
       _tile_stored(0, s, kBk * 4);
@@ -433,16 +427,13 @@ struct EngineAmx {
       if (!SA_AMX_FINE) step();
     }
   }
-  // PV of one strip, calling step() after every 16 TDPs.
+  // O[r, r + 16 or 32)[0, Dp16) += sum of the T::pv passes over keys [0, jl): 2x2 blocking
+  // (rows x d 32 x 32), O tiles loaded and stored once per 32 d; step() every 4 terms
+  // (SA_AMX_FINE) or 8.
   template <class F>
-  void pv_overlap(int lo, int hi, int jn, F& step) {
-    const int r = lo & ~15, r1s = int(round_up(hi, 16));
-    for (int i = r; i < lo; ++i) zero_p(i, jn);
-    for (int i = hi; i < r1s; ++i) zero_p(i, jn);
-    const bool two = r + 32 <= r1s;
-    const int jn32 = int(round_up(jn, 32));
-    const int jl = key_limit(r, 32, lo, hi, jn32);
+  void pv_rows(int r, bool two, int jl, F& step) {
     const int64_t os = Dp16 * 4, ps = kBk * 2;
+    int n = 0;
     for (int64_t d = 0; d < Dp16; d += 32) {
       const bool twod = d + 32 <= Dp16;
       float* o = O + r * Dp16 + d;
@@ -451,29 +442,22 @@ struct EngineAmx {
       if (two) _tile_loadd(2, o + 16 * Dp16, os);
       if (two && twod) _tile_loadd(3, o + 16 * Dp16 + 16, os);
       for (int k = 0; k < jl; k += 32) {
-        const uint32_t* vb = vcur + (k / 32) * (Dp16 / 16) * 256 + (d / 16) * 256;
-        _tile_loadd(4, P + r * kBk + k, ps);
-        _tile_loadd(6, vb, 64);
-        _tile_dpbf16ps(0, 4, 6);
-        if (twod) {
-          _tile_loadd(7, vb + 256, 64);
-          _tile_dpbf16ps(1, 4, 7);
+#pragma GCC unroll 8
+        for (int t = 0; t < kNpv; ++t) {
+          const Term tm = T::pv[t];
+          const uint16_t* pa = ppart(tm.a) + r * kBk + k;
+          const uint32_t* vb = vcur[tm.b] + (k / 32) * (Dp16 / 16) * 256 + (d / 16) * 256;
+          pass2x2(t == 0 || tm.a != T::pv[t - 1].a, t == 0 || tm.b != T::pv[t - 1].b, two, twod,
+                  [&](int i) {
+                    if (i) _tile_loadd(5, pa + 16 * kBk, ps);
+                    else _tile_loadd(4, pa, ps);
+                  },
+                  [&](int i) {
+                    if (i) _tile_loadd(7, vb + 256, 64);
+                    else _tile_loadd(6, vb, 64);
+                  });
+          if (++n % (SA_AMX_FINE ? 4 : 8) == 0) step();
         }
-        if (two) {
-          _tile_loadd(5, P + (r + 16) * kBk + k, ps);
-          _tile_dpbf16ps(2, 5, 6);
-          if (twod) _tile_dpbf16ps(3, 5, 7);
-        }
-        // second pass with the lo halves of P (V is exact bf16): O += Pl V
-        _tile_loadd(4, Pl + r * kBk + k, ps);
-        _tile_dpbf16ps(0, 4, 6);
-        if (twod) _tile_dpbf16ps(1, 4, 7);
-        if (two) {
-          _tile_loadd(5, Pl + (r + 16) * kBk + k, ps);
-          _tile_dpbf16ps(2, 5, 6);
-          if (twod) _tile_dpbf16ps(3, 5, 7);
-        }
-        if (SA_AMX_FINE ? k % 64 == 32 : k % 128 == 96) step();
       }
       _tile_stored(0, o, os);
       if (twod) _tile_stored(1, o + 16, os);
@@ -482,18 +466,39 @@ struct EngineAmx {
     }
   }
 
-  void zero_p(int r, int jn) {
-    uint16_t* pr = P + r * kBk;
-    const int jn32 = int(round_up(jn, 32));
-    for (int j = 0; j < jn32; j += 32) _mm512_storeu_si512(pr + j, _mm512_setzero_si512());
-    for (int j = 0; j < jn32; j += 32) _mm512_storeu_si512(Pl + r * kBk + j, _mm512_setzero_si512());
+  void qk(int rlo, int rhi, int jn) {
+    const int r0s = rlo & ~15, r1s = int(round_up(rhi, 16)), jn32 = int(round_up(jn, 32));
+    auto none = [] {};
+    for (int r = r0s; r < r1s; r += 32) qk_rows(r, r + 32 <= r1s, key_limit(r, 32, rlo, rhi, jn32), none);
   }
+  void pv(int rlo, int rhi, int jn) {
+    const int r0s = rlo & ~15, r1s = int(round_up(rhi, 16)), jn32 = int(round_up(jn, 32));
+    for (int r = r0s; r < rlo; ++r) zero_p(r, jn);
+    for (int r = rhi; r < r1s; ++r) zero_p(r, jn);
+    auto none = [] {};
+    for (int r = r0s; r < r1s; r += 32) pv_rows(r, r + 32 <= r1s, key_limit(r, 32, rlo, rhi, jn32), none);
+  }
+  // QK / PV of one strip (<= 32 rows, inside one aligned 32-row block) with the softmax steps
+  // of the previous strip interleaved (fwd_driver.h kOverlap).
+  template <class F>
+  void qk_overlap(int lo, int hi, int jn, F& step) {
+    const int r = lo & ~15, r1s = int(round_up(hi, 16));
+    qk_rows(r, r + 32 <= r1s, key_limit(r, 32, lo, hi, int(round_up(jn, 32))), step);
+  }
+  template <class F>
+  void pv_overlap(int lo, int hi, int jn, F& step) {
+    const int r = lo & ~15, r1s = int(round_up(hi, 16));
+    for (int i = r; i < lo; ++i) zero_p(i, jn);
+    for (int i = hi; i < r1s; ++i) zero_p(i, jn);
+    pv_rows(r, r + 32 <= r1s, key_limit(r, 32, lo, hi, int(round_up(jn, 32))), step);
+  }
+
+  void zero_p(int r, int jn) { zero_p_from(r, 0, jn); }
   void zero_p_from(int r, int from, int jn) {  // exp_row already zeroed up to from rounded to 32
     const int jn32 = int(round_up(jn, 32));
-    for (int j = int(round_up(from, 32)); j < jn32; j += 32) {
-      _mm512_storeu_si512(P + r * kBk + j, _mm512_setzero_si512());
-      _mm512_storeu_si512(Pl + r * kBk + j, _mm512_setzero_si512());
-    }
+    for (int i = 0; i < kPParts; ++i)
+      for (int j = int(round_up(from, 32)); j < jn32; j += 32)
+        _mm512_storeu_si512(ppart(i) + r * kBk + j, _mm512_setzero_si512());
   }
   float row_max(const float* s, int jn) { return row_max_avx512(s, jn); }
   float logits_row(const Problem& p, const RowMeta& rm, float* s, int64_t j0, int jn) {
@@ -503,35 +508,52 @@ struct EngineAmx {
     return logits_row_kept_avx512(p, rm, s, j0, jn);
   }
 
-  // P[r][j..j+32) = p0 | p1 as Ph = the high 16 bits of p (truncation: one vpermt2w packs
-  // both vectors) and Pl = bf16(p - Ph) (exact difference, rounded): P to ~2^-16 relative.
+  // P[r][j..j+32) = p0 | p1 as kPParts bf16 parts: part i = the high 16 bits (truncation; one
+  // vpermt2w packs both vectors) of the residual p - part 0 - ... - part i-1 (exact fp32
+  // differences). The last part: kPParts 2, bf16(p - Ph) rounded (P to ~2^-16 relative; a
+  // truncated Pl would be 2^-14 and biased); kPParts 3, truncation is exact (8 + 8 + 8 bits).
   // (Round-to-nearest Ph cost 10 port slots per 32 elements against 7 here.)
   inline void store_p_split(int r, int j, __m512 p0, __m512 p1) {
     const __m512i odd16 = _mm512_set_epi16(63, 61, 59, 57, 55, 53, 51, 49, 47, 45, 43, 41, 39, 37, 35, 33, 31, 29,
                                            27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
-    const __m512i hi = _mm512_permutex2var_epi16(_mm512_castps_si512(p0), odd16, _mm512_castps_si512(p1));
-    _mm512_storeu_si512(P + r * kBk + j, hi);
     const __m512 mask = _mm512_castsi512_ps(_mm512_set1_epi32(int32_t(0xffff0000u)));
-    const __m512 l0 = _mm512_sub_ps(p0, _mm512_and_ps(p0, mask)), l1 = _mm512_sub_ps(p1, _mm512_and_ps(p1, mask));
-    const __m512bh pl = _mm512_cvtne2ps_pbh(l1, l0);
-    _mm512_storeu_si512(Pl + r * kBk + j, reinterpret_cast<const __m512i&>(pl));
+    for (int i = 0; i < kPParts; ++i) {
+      uint16_t* dst = ppart(i) + r * kBk + j;
+      if (i == 1 && kPParts == 2) {
+        const __m512bh pl = _mm512_cvtne2ps_pbh(p1, p0);
+        _mm512_storeu_si512(dst, reinterpret_cast<const __m512i&>(pl));
+        break;
+      }
+      _mm512_storeu_si512(dst, _mm512_permutex2var_epi16(_mm512_castps_si512(p0), odd16, _mm512_castps_si512(p1)));
+      p0 = _mm512_sub_ps(p0, _mm512_and_ps(p0, mask));
+      p1 = _mm512_sub_ps(p1, _mm512_and_ps(p1, mask));
+    }
   }
 
-  // P (bf16) = exp2(x*c - mb), c = xs*log2e, mb = mn*log2e (one FMA); degree-4 exp2;
+  // P = exp2(t) of the logits x, with t = (x*xs - mn) * log2e. bf16 / fp16 (P to 2^-16): one FMA,
+  // x * (xs log2e) - mn log2e, and degree-4 exp2. fp32: degree 5 and the unfolded argument of
+  // the fp32 AVX-512 engine, whose error is relative to the distance from the max (the folded
+  // one errs by ~2^-24 |x xs|, 2e-6 relative in P at |logit| 30);
   // flush: 0 below kPFlush (fwd_driver.h; p - Ph of a 2^-126 p would be denormal).
-  static inline __m512 exp2_sel(bool flush, __m512 t) { return flush ? exp2_flush_ps<4>(t) : exp2_ps<4>(t); }
+  static constexpr int kExpDeg = kParts == 3 ? 5 : 4;
+  static inline __m512 exp2_sel(bool flush, __m512 t) {
+    return flush ? exp2_flush_ps<kExpDeg>(t) : exp2_ps<kExpDeg>(t);
+  }
   float exp_row(int r, int jn, float xs, float mn, bool general, bool flush, const uint32_t* w, uint32_t thr) {
     const float* s = srow(r);
-    uint16_t* pr = P + r * kBk;
-    const __m512 vc = _mm512_set1_ps(xs * kLog2e), vmb = _mm512_set1_ps(mn * kLog2e),
+    const __m512 vc = _mm512_set1_ps(kParts == 3 ? xs : xs * kLog2e), vmb = _mm512_set1_ps(kParts == 3 ? mn : mn * kLog2e),
                  vmasked = _mm512_set1_ps(kMasked);
+    auto arg = [&](__m512 x) {
+      const __m512 t = _mm512_fmsub_ps(x, vc, vmb);
+      return kParts == 3 ? _mm512_mul_ps(t, _mm512_set1_ps(kLog2e)) : t;
+    };
     const __m512i vthr = _mm512_set1_epi32(int32_t(thr));
     __m512 sum0 = _mm512_setzero_ps(), sum1 = _mm512_setzero_ps();
     const int jn32 = int(round_up(jn, 32));
     if (!general && !w && jn == jn32) {  // hot path: no masks, no dropout, whole vectors
       for (int j = 0; j < jn; j += 32) {
-        const __m512 p0 = exp2_sel(flush, _mm512_fmsub_ps(_mm512_loadu_ps(s + j), vc, vmb));
-        const __m512 p1 = exp2_sel(flush, _mm512_fmsub_ps(_mm512_loadu_ps(s + j + 16), vc, vmb));
+        const __m512 p0 = exp2_sel(flush, arg(_mm512_loadu_ps(s + j)));
+        const __m512 p1 = exp2_sel(flush, arg(_mm512_loadu_ps(s + j + 16)));
         sum0 = _mm512_add_ps(sum0, p0);
         sum1 = _mm512_add_ps(sum1, p1);
         store_p_split(r, j, p0, p1);
@@ -546,8 +568,8 @@ struct EngineAmx {
         m0 &= _mm512_cmp_ps_mask(x0, vmasked, _CMP_NEQ_UQ);
         m1 &= _mm512_cmp_ps_mask(x1, vmasked, _CMP_NEQ_UQ);
       }
-      __m512 p0 = _mm512_maskz_mov_ps(m0, exp2_sel(flush, _mm512_fmsub_ps(x0, vc, vmb)));
-      __m512 p1 = _mm512_maskz_mov_ps(m1, exp2_sel(flush, _mm512_fmsub_ps(x1, vc, vmb)));
+      __m512 p0 = _mm512_maskz_mov_ps(m0, exp2_sel(flush, arg(x0)));
+      __m512 p1 = _mm512_maskz_mov_ps(m1, exp2_sel(flush, arg(x1)));
       sum0 = _mm512_add_ps(sum0, p0);
       sum1 = _mm512_add_ps(sum1, p1);
       if (w) {
@@ -565,95 +587,10 @@ struct EngineAmx {
     for (int64_t d = 0; d < Dp16; d += 16) _mm512_storeu_ps(o + d, _mm512_mul_ps(_mm512_loadu_ps(o + d), a));
   }
 
-  // fp16 split: O += Ph Vh + Ph Vl + Pl Vh, 16 rows x 32 columns per C pair.
-  void pv_split(int r0s, int r1s, int jn32, int rlo, int rhi) {
-    const int64_t os = Dp16 * 4, ps = kBk * 2;
-    for (int r = r0s; r < r1s; r += 16) {
-      const int jl = key_limit(r, 16, rlo, rhi, jn32);
-      for (int64_t d = 0; d < Dp16; d += 32) {
-        const bool twod = d + 32 <= Dp16;
-        float* o = O + r * Dp16 + d;
-        _tile_loadd(0, o, os);
-        if (twod) _tile_loadd(1, o + 16, os);
-        for (int k = 0; k < jl; k += 32) {
-          const int64_t vo = (k / 32) * (Dp16 / 16) * 256 + (d / 16) * 256;
-          _tile_loadd(2, P + r * kBk + k, ps);
-          _tile_loadd(3, Pl + r * kBk + k, ps);
-          _tile_loadd(4, vcur + vo, 64);
-          _tile_loadd(6, vcurl + vo, 64);
-          _tile_dpbf16ps(0, 2, 4);
-          _tile_dpbf16ps(0, 2, 6);
-          _tile_dpbf16ps(0, 3, 4);
-          if (twod) {
-            _tile_loadd(5, vcur + vo + 256, 64);
-            _tile_loadd(7, vcurl + vo + 256, 64);
-            _tile_dpbf16ps(1, 2, 5);
-            _tile_dpbf16ps(1, 2, 7);
-            _tile_dpbf16ps(1, 3, 5);
-          }
-        }
-        _tile_stored(0, o, os);
-        if (twod) _tile_stored(1, o + 16, os);
-      }
-    }
-  }
-
-  void pv(int rlo, int rhi, int jn) {
-    const int r0s = rlo & ~15, r1s = int(round_up(rhi, 16));
-    for (int r = r0s; r < rlo; ++r) zero_p(r, jn);
-    for (int r = rhi; r < r1s; ++r) zero_p(r, jn);
-    const int jn32 = int(round_up(jn, 32));
-    if constexpr (kSplit) {
-      pv_split(r0s, r1s, jn32, rlo, rhi);
-      return;
-    }
-    const int64_t os = Dp16 * 4, vs = 64, ps = kBk * 2;
-    for (int r = r0s; r < r1s; r += 32) {
-      const bool two = r + 32 <= r1s;
-      const int jl = key_limit(r, 32, rlo, rhi, jn32);
-      for (int64_t d = 0; d < Dp16; d += 32) {
-        const bool twod = d + 32 <= Dp16;
-        float* o = O + r * Dp16 + d;
-        _tile_loadd(0, o, os);
-        if (twod) _tile_loadd(1, o + 16, os);
-        if (two) _tile_loadd(2, o + 16 * Dp16, os);
-        if (two && twod) _tile_loadd(3, o + 16 * Dp16 + 16, os);
-        for (int k = 0; k < jl; k += 32) {
-          const uint32_t* vb = vcur + (k / 32) * (Dp16 / 16) * 256 + (d / 16) * 256;
-          _tile_loadd(4, P + r * kBk + k, ps);
-          _tile_loadd(6, vb, vs);
-          _tile_dpbf16ps(0, 4, 6);
-          if (twod) {
-            _tile_loadd(7, vb + 256, vs);
-            _tile_dpbf16ps(1, 4, 7);
-          }
-          if (two) {
-            _tile_loadd(5, P + (r + 16) * kBk + k, ps);
-            _tile_dpbf16ps(2, 5, 6);
-            if (twod) _tile_dpbf16ps(3, 5, 7);
-          }
-          _tile_loadd(4, Pl + r * kBk + k, ps);  // O += Pl V
-          _tile_dpbf16ps(0, 4, 6);
-          if (twod) _tile_dpbf16ps(1, 4, 7);
-          if (two) {
-            _tile_loadd(5, Pl + (r + 16) * kBk + k, ps);
-            _tile_dpbf16ps(2, 5, 6);
-            if (twod) _tile_dpbf16ps(3, 5, 7);
-          }
-        }
-        _tile_stored(0, o, os);
-        if (twod) _tile_stored(1, o + 16, os);
-        if (two) _tile_stored(2, o + 16 * Dp16, os);
-        if (two && twod) _tile_stored(3, o + 16 * Dp16 + 16, os);
-      }
-    }
-  }
-
   void gen_words(uint64_t seed, uint64_t off, uint64_t q0, int64_t nq, uint32_t* w) {
     gen_words_avx512(seed, off, q0, nq, w);
   }
 };
-
 #include "cpu/fwd_decode_avx512.h"
 
 // The decode engine with QK on the tiles (bf16, D % 32 == 0): S^T[16 keys][16 rows] = K Q^T
@@ -787,19 +724,17 @@ struct EngineDecodeAmx : EngineDecode<DType::bfloat16> {
   }
 };
 
-// Whether q or k holds a +-Inf (or NaN) float16 value. The fp16 split computes
-// S = Qh Kh + Qh Kl + Ql Kh + Ql Kl, and with an infinite element one of the lo halves is 0 against
-// an Inf (0 * Inf = NaN where q . k is +-Inf): such problems take the fp32 AVX-512 kernel.
-// One pass over q and k (O(S*D), parallel; ~1% of the three-pass AMX work).
-inline bool fp16_qk_nonfinite(const Problem& p) {
-  const __m512i e = _mm512_set1_epi16(int16_t(0x7c00));
+// Whether q or k holds a +-Inf or NaN (float16 / float32). The split engines compute S as a sum
+// of part products, and with an infinite element the other parts are 0 against an Inf
+// (0 * Inf = NaN where q . k is +-Inf): such problems take the fp32 AVX-512 kernel.
+// One pass over q and k (O(S*D), parallel; ~1% of the split AMX work).
+inline bool qk_nonfinite(const Problem& p) {
   auto bad_rows = [&](const Operand& o, bool kv, int64_t b, int64_t n, int64_t rows) {
-    const uint16_t* base = static_cast<const uint16_t*>(o.data);
     for (int64_t i = 0; i < rows; ++i) {
-      const uint16_t* r = base + b * o.sb + ((kv ? p.row0_kv[size_t(b)] : p.row0_q[size_t(b)]) + i) * o.ss + n * o.sn;
-      __mmask32 bad = 0;
-      for (int64_t d = 0; d < p.D; d += 32)
-        bad |= _mm512_cmpeq_epi16_mask(_mm512_and_si512(_mm512_maskz_loadu_epi16(lanes32(p.D - d), r + d), e), e);
+      const int64_t r = b * o.sb + ((kv ? p.row0_kv[size_t(b)] : p.row0_q[size_t(b)]) + i) * o.ss + n * o.sn;
+      __mmask16 bad = 0;
+      for (int64_t d = 0; d < p.D; d += 16)
+        bad |= _mm512_fpclass_ps_mask(load16(o.data, p.dtype, r + d, lanes(p.D - d)), 0x99);
       if (bad) return true;
     }
     return false;
@@ -840,7 +775,7 @@ static bool use_amx(const Problem& p, DType want) {
 }
 
 void fwd_amx_bf16(const Problem& p) {
-  if (use_amx(p, DType::bfloat16)) SA_NS::forward<SA_NS::EngineAmx<false>>(p);
+  if (use_amx(p, DType::bfloat16)) SA_NS::forward<SA_NS::EngineAmx<1>>(p);
   else if (p.dtype == DType::bfloat16 && p.D % 32 == 0 && SA_NS::decode_shape(p) &&
            max_rows_per_kv_head(p) >= kMinRowsDecodeAmx && request_amx_permission())
     SA_NS::forward<SA_NS::EngineDecodeAmx>(p);
@@ -848,7 +783,12 @@ void fwd_amx_bf16(const Problem& p) {
 }
 
 void fwd_amx_fp16(const Problem& p) {
-  if (use_amx(p, DType::float16) && !SA_NS::fp16_qk_nonfinite(p)) SA_NS::forward<SA_NS::EngineAmx<true>>(p);
+  if (use_amx(p, DType::float16) && !SA_NS::qk_nonfinite(p)) SA_NS::forward<SA_NS::EngineAmx<2>>(p);
+  else fwd_avx512(p);
+}
+
+void fwd_amx_fp32(const Problem& p) {
+  if (use_amx(p, DType::float32) && !SA_NS::qk_nonfinite(p)) SA_NS::forward<SA_NS::EngineAmx<3>>(p);
   else fwd_avx512(p);
 }
 }  // namespace cpu

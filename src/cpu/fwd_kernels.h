@@ -19,6 +19,8 @@ void fwd_avx512(const Problem& p);
 void fwd_amx_bf16(const Problem& p);
 // AMX-BF16 for float16 inputs via an exact hi/lo bf16 split (3 tile passes per GEMM).
 void fwd_amx_fp16(const Problem& p);
+// AMX-BF16 for float32 inputs via an exact three-part bf16 split (6 tile passes per GEMM).
+void fwd_amx_fp32(const Problem& p);
 
 }  // namespace cpu
 }  // namespace speedattn
