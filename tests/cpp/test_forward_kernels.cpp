@@ -339,7 +339,7 @@ TEST(ForwardKernels, Layouts) {
 // Small D, short rows: the bf16-rounded-P error of a FlashAttention-style AMX kernel exceeded the
 // SPEC §11 bound here (tests/python/test_properties.py, BSH S1 63 S2 65 D 3, mode 4); many seeds.
 TEST(ForwardKernels, SmallHeadDimSeeds) {
-  for (DType dt : {DType::bfloat16, DType::float16})
+  for (DType dt : {DType::bfloat16, DType::float16, DType::float32})
     for (uint32_t seed = 1; seed <= 12; ++seed) {
       Case c;
       c.layout = "BSH";
@@ -697,6 +697,11 @@ TEST(ForwardKernels, ThreadCountBitIdentity) {
     cases.push_back(c);
   }
   {
+    Case c = cases[2];  // fwd_amx_fp32 (800 rows per kv head)
+    c.dt = DType::float32;
+    cases.push_back(c);
+  }
+  {
     Case c;  // decode engine (S1 * G = 8 rows), bf16, dropout, split-KV
     c.dt = DType::bfloat16;
     c.N1 = 8;
@@ -840,4 +845,140 @@ TEST(ForwardKernels, NonFiniteInputs) {
               compare_nonfinite(c, ref, run_with(p, shape, k.run), k.name);
             }
           }
+}
+
+// float32 on AMX (fwd_amx_fp32) splits every value exactly into three bf16 parts; the tests
+// below fail if any part is lost. Every float32 kernel runs them (>= 32 rows per kv head: AMX).
+namespace {
+struct Fp32Run {
+  Inputs in;
+  sa::Problem p;
+  Outs shape, ref;
+  explicit Fp32Run(const Case& c) { build(c, in, 7); }
+  // after the caller has overwritten in.q / in.k / in.v
+  void prepare() {
+    p = sa::validate_forward(in.tq, in.tk, in.tv, in.opt);
+    shape.out.resize(size_t(p.out_spec.numel()) * 4);
+    shape.smax.resize(size_t(p.stat_spec.numel()));
+    shape.ssum.resize(shape.smax.size());
+    ref = run_with(p, shape, &sa::reference_forward);
+  }
+  template <class F>
+  void each_kernel(F f) {
+    int ran = 0;
+    for (const sa::ForwardKernel& k : sa::forward_kernels()) {
+      if (k.dtype != DType::float32 || int(k.isa) > int(sa::detected_isa())) continue;
+      f(k.name, run_with(p, shape, k.run));
+      ++ran;
+    }
+    EXPECT_GT(ran, 0);
+  }
+};
+float out_at(const Outs& o, int64_t e) { return get(o.out.data(), DType::float32, e); }
+}  // namespace
+
+// Logits decided by the THIRD bf16 part of K, then of Q (BNSD, D 16, scale 1/4): every product
+// and sum below is exact in fp32, so the float32 kernels must match the reference closely.
+//  K: q_i = (2^26, 0, ...), k_j = (1 + 2^-9 + (j % 4) 2^-22, ...): parts 1 | 2^-9 | (j % 4) 2^-22,
+//     logit = 2^24 + 2^15 + 4 (j % 4); without the third part all keys tie (uniform P).
+//  Q: q_i = (1 + 2^-9 + (i % 4) 2^-22, 1 + 2^-9, ...), k_j = (2^26, -2^26, ...) for odd j, 0 for
+//     even j: logit 4 (i % 4) on odd keys, 0 on even keys.
+TEST(ForwardKernels, Fp32ThirdPartDecidesLogits) {
+  for (char which : {'k', 'q'}) {
+    Case c;
+    c.dt = DType::float32;
+    c.N1 = c.N2 = 1;
+    c.S1 = 64;
+    c.S2 = 40;
+    c.D = 16;
+    c.scale = 0.25;
+    SCOPED_TRACE(std::string("third part of ") + which);
+    Fp32Run run(c);
+    for (int64_t i = 0; i < c.S1 * c.D; ++i) put(run.in.q, c.dt, i, 0.f);
+    for (int64_t j = 0; j < c.S2 * c.D; ++j) put(run.in.k, c.dt, j, 0.f);
+    const float x0 = 1.f + std::ldexp(1.f, -9);
+    for (int64_t i = 0; i < c.S1; ++i) {
+      if (which == 'k') {
+        put(run.in.q, c.dt, i * c.D, std::ldexp(1.f, 26));
+      } else {
+        put(run.in.q, c.dt, i * c.D, x0 + float(i % 4) * std::ldexp(1.f, -22));
+        put(run.in.q, c.dt, i * c.D + 1, x0);
+      }
+    }
+    for (int64_t j = 0; j < c.S2; ++j) {
+      if (which == 'k') {
+        put(run.in.k, c.dt, j * c.D, x0 + float(j % 4) * std::ldexp(1.f, -22));
+      } else if (j % 2) {
+        put(run.in.k, c.dt, j * c.D, std::ldexp(1.f, 26));
+        put(run.in.k, c.dt, j * c.D + 1, -std::ldexp(1.f, 26));
+      }
+    }
+    run.prepare();
+    run.each_kernel([&](const char* name, const Outs& got) { compare(c, run.p, run.ref, got, name, nullptr); });
+  }
+}
+
+// One-hot attention returns the selected value row: out = p v / p to a few fp32 roundings, far
+// below the 2^-17 relative error of a value that lost its third bf16 part (random fp32 values
+// carry 24 significant bits). Row i selects key i % 64 with logit 181 (others 0 or -181).
+TEST(ForwardKernels, Fp32OneHotReturnsValueExactly) {
+  Case c;
+  c.dt = DType::float32;
+  c.N1 = c.N2 = 1;
+  c.S1 = 96;
+  c.S2 = 64;
+  c.D = 32;
+  Fp32Run run(c);
+  for (int64_t i = 0; i < c.S1 * c.D; ++i) put(run.in.q, c.dt, i, 0.f);
+  for (int64_t j = 0; j < c.S2 * c.D; ++j) put(run.in.k, c.dt, j, 0.f);
+  // key j: 8 e_(j % 32) for j < 32, -8 e_(j % 32) after; row i: 128 times the sign-matched unit
+  for (int64_t j = 0; j < c.S2; ++j) put(run.in.k, c.dt, j * c.D + j % c.D, j < c.D ? 8.f : -8.f);
+  for (int64_t i = 0; i < c.S1; ++i) put(run.in.q, c.dt, i * c.D + i % c.D, i % c.S2 < c.D ? 128.f : -128.f);
+  run.prepare();
+  run.each_kernel([&](const char* name, const Outs& got) {
+    int bad = 0;
+    for (int64_t i = 0; i < c.S1 && bad < 3; ++i)
+      for (int64_t d = 0; d < c.D; ++d) {
+        const float v = get(run.in.v.data(), c.dt, (i % c.S2) * c.D + d), g = out_at(got, i * c.D + d);
+        if (std::fabs(double(g) - v) > 4 * std::ldexp(std::fabs(double(v)), -23)) {
+          ADD_FAILURE() << name << ": out[" << i << "][" << d << "] = " << g << " != v " << v;
+          ++bad;
+          break;
+        }
+      }
+  });
+}
+
+// Huge and tiny magnitudes: v scaled by 2^s, q by 2^t and k by 2^-t (same logits). Each part of
+// every value stays a normal bf16 for |s| <= 100, |t| <= 60, so the result must be the scaled
+// one to the SPEC §11 float32 floor, relative to the output (no absolute floor).
+TEST(ForwardKernels, Fp32HugeAndTinyMagnitudes) {
+  for (int s : {-100, -60, 60, 100})
+    for (int t : {-60, 60}) {
+      Case c;
+      c.dt = DType::float32;
+      c.N1 = 4;
+      c.N2 = 2;
+      c.S1 = 70;
+      c.S2 = 150;
+      c.D = 48;
+      SCOPED_TRACE("v * 2^" + std::to_string(s) + ", q * 2^" + std::to_string(t));
+      Fp32Run run(c);
+      for (int64_t e = 0; e < int64_t(run.in.q.size() / 4); ++e)
+        put(run.in.q, c.dt, e, std::ldexp(get(run.in.q.data(), c.dt, e), t));
+      for (int64_t e = 0; e < int64_t(run.in.k.size() / 4); ++e) {
+        put(run.in.k, c.dt, e, std::ldexp(get(run.in.k.data(), c.dt, e), -t));
+        put(run.in.v, c.dt, e, std::ldexp(get(run.in.v.data(), c.dt, e), s));
+      }
+      run.prepare();
+      double amax = 0;
+      for (int64_t e = 0; e < int64_t(run.ref.out.size() / 4); ++e) amax = std::max(amax, std::fabs(double(out_at(run.ref, e))));
+      ASSERT_GT(amax, 0.0);
+      run.each_kernel([&](const char* name, const Outs& got) {
+        double worst = 0;
+        for (int64_t e = 0; e < int64_t(got.out.size() / 4); ++e)
+          worst = std::max(worst, std::fabs(double(out_at(got, e)) - out_at(run.ref, e)));
+        EXPECT_LE(worst, std::ldexp(amax, -15)) << name << " (max |out| " << amax << ")";
+      });
+    }
 }
