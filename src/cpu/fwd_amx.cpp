@@ -97,8 +97,17 @@ struct EngineAmx {
   static constexpr int kWords = 256 + 80;
   static constexpr int64_t kPackKeys = 256;  // keys per pre-pass work item
 
+  // Memory budget of the shared pre-pack. Above it (e.g. S2 = 131072, D 128, bf16: K + V packs
+  // are 64 MiB) no pre-pack is made: every engine packs the K/V block it is about to use into
+  // its own kBk-key buffers (Shared::local), repacking per q-block (dev/14_local_pack.txt).
+#ifndef SA_AMX_PREPACK_MIB
+#define SA_AMX_PREPACK_MIB 48
+#endif
+  static constexpr int64_t kMaxPrePackBytes = int64_t(SA_AMX_PREPACK_MIB) << 20;
+
   struct Shared {
     int64_t D = 0, Dp32 = 0, Dp16 = 0;
+    bool local = false;                     // no pre-pack: engines pack per block (see above)
     std::vector<int64_t> skvp, koff, voff;  // per (b, g): padded keys, word offsets
     std::vector<int64_t> joff;              // per (b, g): first key in vbad
     std::vector<uint8_t> vbad;              // per key: the value row has a NaN / Inf (packed as 0)
@@ -130,6 +139,8 @@ struct EngineAmx {
           for (int64_t j = 0; j < skvp[size_t(b)]; j += kPackKeys) units.push_back({b, g, j});
         }
       }
+      local = (kw + vw) * int64_t(sizeof(uint32_t)) * (kSplit ? 2 : 1) > kMaxPrePackBytes;
+      if (local) return;
       vbad.assign(size_t(jw), 0);
       kp = kbuf.get<uint32_t>(size_t(kw));
       vp = vbuf.get<uint32_t>(size_t(vw));
@@ -139,19 +150,22 @@ struct EngineAmx {
       }
       parallel_for(int64_t(units.size()), [&](int64_t u, int) {
         const auto [b, g, j0] = units[size_t(u)];
-        pack(p, b, g, j0, std::min(kPackKeys, skvp[size_t(b)] - j0));
+        const int64_t bg = b * p.N2 + g, kat = koff[size_t(bg)] + (j0 / 16) * (Dp32 / 2) * 16,
+                      vat = voff[size_t(bg)] + (j0 / 32) * (Dp16 / 16) * 256;
+        pack(p, b, g, j0, std::min(kPackKeys, skvp[size_t(b)] - j0), kp + kat, vp + vat,
+             kSplit ? kpl + kat : nullptr, kSplit ? vpl + vat : nullptr, vbad.data() + joff[size_t(bg)] + j0);
       });
     }
-    void pack(const Problem& p, int64_t b, int64_t g, int64_t j0, int64_t nj) {
+    // Packs keys [j0, j0 + nj) (j0 and nj multiples of 32; keys >= S2 as 0) of (b, kv head g):
+    // K to kdst, V to vdst (lo halves to kdstl / vdstl when split), bad[j - j0] = 1 where the value
+    // row j has a NaN / Inf. The destinations point at the block of key j0.
+    void pack(const Problem& p, int64_t b, int64_t g, int64_t j0, int64_t nj, uint32_t* kdst, uint32_t* vdst,
+              uint32_t* kdstl, uint32_t* vdstl, uint8_t* bad) const {
       const int64_t skv = p.skv[size_t(b)], sp = skvp[size_t(b)];
       const uint16_t* K = static_cast<const uint16_t*>(p.k.data);
       const uint16_t* V = static_cast<const uint16_t*>(p.v.data);
       const int64_t kb = b * p.k.sb + p.row0_kv[size_t(b)] * p.k.ss + g * p.k.sn;
       const int64_t vb = b * p.v.sb + p.row0_kv[size_t(b)] * p.v.ss + g * p.v.sn;
-      uint32_t* kdst = kp + koff[size_t(b * p.N2 + g)];
-      uint32_t* vdst = vp + voff[size_t(b * p.N2 + g)];
-      uint32_t* kdstl = kSplit ? kpl + koff[size_t(b * p.N2 + g)] : nullptr;
-      uint32_t* vdstl = kSplit ? vpl + voff[size_t(b * p.N2 + g)] : nullptr;
       // K: 16 keys x 16 d-pairs blocks, 32-bit transpose
       for (int64_t j = j0; j < j0 + nj; j += 16) {
         for (int64_t q0 = 0; q0 < Dp32 / 2; q0 += 16) {
@@ -170,11 +184,11 @@ struct EngineAmx {
             }
           }
           transpose16x16(r);
-          uint32_t* blk = kdst + (j / 16) * (Dp32 / 2) * 16;
+          uint32_t* blk = kdst + ((j - j0) / 16) * (Dp32 / 2) * 16;
           for (int qq = 0; qq < 16; ++qq) _mm512_storeu_ps(reinterpret_cast<float*>(blk + (q0 + qq) * 16), r[qq]);
           if (kSplit) {
             transpose16x16(rl);
-            uint32_t* blkl = kdstl + (j / 16) * (Dp32 / 2) * 16;
+            uint32_t* blkl = kdstl + ((j - j0) / 16) * (Dp32 / 2) * 16;
             for (int qq = 0; qq < 16; ++qq) _mm512_storeu_ps(reinterpret_cast<float*>(blkl + (q0 + qq) * 16), rl[qq]);
           }
         }
@@ -185,11 +199,11 @@ struct EngineAmx {
       auto nonfinite = [&](int64_t j) {
         if (j >= skv) return false;
         const uint16_t* row = V + vb + j * p.v.ss;
-        __mmask32 bad = 0;
+        __mmask32 hit = 0;
         for (int64_t d = 0; d < D; d += 32)
-          bad |= _mm512_cmpeq_epi16_mask(_mm512_and_si512(_mm512_maskz_loadu_epi16(lanes32(D - d), row + d), vexp), vexp);
-        if (bad) vbad[size_t(joff[size_t(b * p.N2 + g)] + j)] = 1;
-        return bad != 0;
+          hit |= _mm512_cmpeq_epi16_mask(_mm512_and_si512(_mm512_maskz_loadu_epi16(lanes32(D - d), row + d), vexp), vexp);
+        bad[j - j0] = hit != 0;
+        return hit != 0;
       };
       for (int64_t j = j0; j < j0 + nj; j += 2) {
         const bool za = nonfinite(j), zc = nonfinite(j + 1);
@@ -200,7 +214,7 @@ struct EngineAmx {
               j < skv && !za ? load_bf16x16<kSplit>(V + vb + j * p.v.ss + d, kd, &al) : _mm256_setzero_si256();
           const __m256i c = j + 1 < skv && !zc ? load_bf16x16<kSplit>(V + vb + (j + 1) * p.v.ss + d, kd, &cl)
                                                : _mm256_setzero_si256();
-          const int64_t jp = j / 2, at = (jp / 16) * (Dp16 / 16) * 256 + (d / 16) * 256 + (jp % 16) * 16;
+          const int64_t jp = (j - j0) / 2, at = (jp / 16) * (Dp16 / 16) * 256 + (d / 16) * 256 + (jp % 16) * 16;
           _mm512_storeu_si512(vdst + at, _mm512_or_si512(_mm512_cvtepu16_epi32(a),
                                                          _mm512_slli_epi32(_mm512_cvtepu16_epi32(c), 16)));
           if (kSplit)
@@ -213,7 +227,7 @@ struct EngineAmx {
 
   const Shared& sh;
   int64_t D, Dp32, Dp16;
-  Buf bq, bql, bs, bp, bpl, bo, btmp;
+  Buf bq, bql, bs, bp, bpl, bo, btmp, blk, blv, blkl, blvl;  // blk..: the block's K/V (Shared::local)
   uint16_t* Qb;  // [kBq][Dp32] bf16 (hi halves when split)
   uint16_t* Ql;  // lo halves (split only)
   float* S;      // [kBq][kBk]
@@ -225,7 +239,6 @@ struct EngineAmx {
   const uint32_t* vcur = nullptr;
   const uint32_t* kcurl = nullptr;
   const uint32_t* vcurl = nullptr;
-  int64_t kstride = 0;             // words per packed K row (S2p)
   RowMeta meta_[kBq];
   float m_[kBq], l_[kBq];
   uint8_t cls_[kBq];
@@ -233,6 +246,7 @@ struct EngineAmx {
   alignas(64) uint32_t words_[kWords];
   int nbad_ = 0;  // keys of the current block whose value row has a NaN / Inf (Shared::vbad)
   int bad_[kBk];
+  uint8_t lbad_[kBk];  // the block's value-row flags (Shared::local)
 
   EngineAmx(const Problem& p, const Shared& s)
       : sh(s), D(p.D), Dp32(round_up(p.D, 32)), Dp16(round_up(p.D, 16)) {
@@ -298,17 +312,28 @@ struct EngineAmx {
   void end_task() { _tile_release(); }
 
   void load_kv(const Problem& p, int64_t b, int64_t g, int64_t j0, int jn) {
-    kstride = sh.skvp[size_t(b)];
     nbad_ = 0;
-    const uint8_t* vb = sh.vbad.data() + sh.joff[size_t(b * p.N2 + g)] + j0;
+    const uint8_t* vb;
+    if (sh.local) {  // pack this block now: K [kBk/16][Dp32/2][16], V [kBk/32][Dp16/16][16][16] words
+      const int64_t kw = kBk / 2 * Dp32, vw = kBk / 2 * Dp16;
+      uint32_t *k = blk.get<uint32_t>(size_t(kw)), *v = blv.get<uint32_t>(size_t(vw));
+      uint32_t *kl = kSplit ? blkl.get<uint32_t>(size_t(kw)) : nullptr, *vl = kSplit ? blvl.get<uint32_t>(size_t(vw)) : nullptr;
+      sh.pack(p, b, g, j0, round_up(jn, 32), k, v, kl, vl, lbad_);
+      kcur = k, vcur = v, kcurl = kl, vcurl = vl;
+      vb = lbad_;
+    } else {
+      const int64_t bg = b * p.N2 + g, kat = sh.koff[size_t(bg)] + (j0 / 16) * (Dp32 / 2) * 16,
+                    vat = sh.voff[size_t(bg)] + (j0 / 32) * (Dp16 / 16) * 256;
+      kcur = sh.kp + kat;
+      vcur = sh.vp + vat;
+      if (kSplit) {
+        kcurl = sh.kpl + kat;
+        vcurl = sh.vpl + vat;
+      }
+      vb = sh.vbad.data() + sh.joff[size_t(bg)] + j0;
+    }
     for (int jj = 0; jj < jn; ++jj)
       if (vb[jj]) bad_[nbad_++] = jj;
-    kcur = sh.kp + sh.koff[size_t(b * p.N2 + g)] + (j0 / 16) * (Dp32 / 2) * 16;
-    vcur = sh.vp + sh.voff[size_t(b * p.N2 + g)] + (j0 / 32) * (Dp16 / 16) * 256;
-    if (kSplit) {
-      kcurl = sh.kpl + sh.koff[size_t(b * p.N2 + g)] + (j0 / 16) * (Dp32 / 2) * 16;
-      vcurl = sh.vpl + sh.voff[size_t(b * p.N2 + g)] + (j0 / 32) * (Dp16 / 16) * 256;
-    }
   }
 
   // Keys of rows [r, r + n) that can be kept in this block, rounded up to 32 (kend_ is set by
