@@ -142,11 +142,11 @@ struct EngineAmx {
       local = (kw + vw) * int64_t(sizeof(uint32_t)) * (kSplit ? 2 : 1) > kMaxPrePackBytes;
       if (local) return;
       vbad.assign(size_t(jw), 0);
-      kp = kbuf.get<uint32_t>(size_t(kw));
-      vp = vbuf.get<uint32_t>(size_t(vw));
+      kp = kbuf.get<uint32_t>(size_t(kw), false);  // pack() writes every word
+      vp = vbuf.get<uint32_t>(size_t(vw), false);
       if (kSplit) {
-        kpl = klbuf.get<uint32_t>(size_t(kw));
-        vpl = vlbuf.get<uint32_t>(size_t(vw));
+        kpl = klbuf.get<uint32_t>(size_t(kw), false);
+        vpl = vlbuf.get<uint32_t>(size_t(vw), false);
       }
       parallel_for(int64_t(units.size()), [&](int64_t u, int) {
         const auto [b, g, j0] = units[size_t(u)];
