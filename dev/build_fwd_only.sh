@@ -4,12 +4,12 @@
 # Usage: dev/build_fwd_only.sh [extra test sources...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OUT=build/fwdonly
+OUT=${OUT:-build/fwdonly}  # env OUT / EXTRA (e.g. -DSA_AMX_PREPACK_MIB=0) for A/B variants
 mkdir -p $OUT/obj
 AVX2="-mavx2 -mfma -mf16c"
 AVX512="-mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512bf16 -mavx512fp16 -mfma -mf16c"
 AMX="$AVX512 -mamx-tile -mamx-bf16"
-CXX="g++ -std=c++17 -O3 -fPIC -Iinclude -Isrc -DSPEEDATTN_VERSION_STRING=\"0.1.0\""
+CXX="g++ -std=c++17 -O3 -fPIC -Iinclude -Isrc -DSPEEDATTN_VERSION_STRING=\"0.1.0\" ${EXTRA:-}"
 objs=()
 pids=()
 for f in $(find src -name '*.cpp' | sort); do

@@ -147,8 +147,17 @@ struct EngineAmx {
   using T = Terms<kParts>;
   static constexpr int kNqk = int(sizeof(T::qk) / sizeof(Term)), kNpv = int(sizeof(T::pv) / sizeof(Term));
 
+  // Memory budget of the shared pre-pack. Above it (e.g. S2 = 131072, D 128, bf16: K + V packs
+  // are 64 MiB) no pre-pack is made: every engine packs the K/V block it is about to use into
+  // its own kBk-key buffers (Shared::local), repacking per q-block (dev/14_local_pack.txt).
+#ifndef SA_AMX_PREPACK_MIB
+#define SA_AMX_PREPACK_MIB 48
+#endif
+  static constexpr int64_t kMaxPrePackBytes = int64_t(SA_AMX_PREPACK_MIB) << 20;
+
   struct Shared {
     int64_t D = 0, Dp32 = 0, Dp16 = 0;
+    bool local = false;                     // no pre-pack: engines pack per block (see above)
     std::vector<int64_t> skvp, koff, voff;  // per (b, g): padded keys, word offsets
     std::vector<int64_t> joff;              // per (b, g): first key in vbad
     std::vector<uint8_t> vbad;              // per key: the value row has a NaN / Inf (packed as 0)
@@ -178,23 +187,31 @@ struct EngineAmx {
           for (int64_t j = 0; j < skvp[size_t(b)]; j += kPackKeys) units.push_back({b, g, j});
         }
       }
+      local = (kw + vw) * int64_t(sizeof(uint32_t)) * kParts > kMaxPrePackBytes;
+      if (local) return;
       vbad.assign(size_t(jw), 0);
-      uint32_t* k0 = kbuf.get<uint32_t>(size_t(kw * kParts));
-      uint32_t* v0 = vbuf.get<uint32_t>(size_t(vw * kParts));
+      uint32_t* k0 = kbuf.get<uint32_t>(size_t(kw * kParts), false);  // pack() writes every word
+      uint32_t* v0 = vbuf.get<uint32_t>(size_t(vw * kParts), false);
       for (int i = 0; i < kParts; ++i) {
         kp[i] = k0 + i * kw;
         vp[i] = v0 + i * vw;
       }
       parallel_for(int64_t(units.size()), [&](int64_t u, int) {
         const auto [b, g, j0] = units[size_t(u)];
-        pack(p, b, g, j0, std::min(kPackKeys, skvp[size_t(b)] - j0));
+        const int64_t bg = b * p.N2 + g, kat = koff[size_t(bg)] + (j0 / 16) * (Dp32 / 2) * 16,
+                      vat = voff[size_t(bg)] + (j0 / 32) * (Dp16 / 16) * 256;
+        pack(p, b, g, j0, std::min(kPackKeys, skvp[size_t(b)] - j0), k0 + kat, v0 + vat, kw, vw,
+             vbad.data() + joff[size_t(bg)] + j0);
       });
     }
-    void pack(const Problem& p, int64_t b, int64_t g, int64_t j0, int64_t nj) {
+    // Packs keys [j0, j0 + nj) (j0 and nj multiples of 32; keys >= S2 as 0) of (b, kv head g):
+    // part i of K to kdst + i * kplane, of V to vdst + i * vplane; bad[j - j0] = 1 where the
+    // value row j has a NaN / Inf. The destinations point at the block of key j0.
+    void pack(const Problem& p, int64_t b, int64_t g, int64_t j0, int64_t nj, uint32_t* kdst, uint32_t* vdst,
+              int64_t kplane, int64_t vplane, uint8_t* bad) const {
       const int64_t skv = p.skv[size_t(b)];
       const int64_t kb = b * p.k.sb + p.row0_kv[size_t(b)] * p.k.ss + g * p.k.sn;
       const int64_t vb = b * p.v.sb + p.row0_kv[size_t(b)] * p.v.ss + g * p.v.sn;
-      const int64_t ko = koff[size_t(b * p.N2 + g)], vo = voff[size_t(b * p.N2 + g)];
       // K: 16 keys x 16 d-pairs blocks, 32-bit transpose (per part)
       for (int64_t j = j0; j < j0 + nj; j += 16) {
         for (int64_t q0 = 0; q0 < Dp32 / 2; q0 += 16) {
@@ -212,7 +229,7 @@ struct EngineAmx {
           }
           for (int i = 0; i < kParts; ++i) {
             transpose16x16(r[i]);
-            uint32_t* blk = kp[i] + ko + (j / 16) * (Dp32 / 2) * 16;
+            uint32_t* blk = kdst + i * kplane + ((j - j0) / 16) * (Dp32 / 2) * 16;
             for (int qq = 0; qq < 16; ++qq) _mm512_storeu_ps(reinterpret_cast<float*>(blk + (q0 + qq) * 16), r[i][qq]);
           }
         }
@@ -221,11 +238,11 @@ struct EngineAmx {
       // flagged: fwd_driver.h fix_bad_v adds them where P != 0 (P = 0 never meets an Inf).
       auto nonfinite = [&](int64_t j) {
         if (j >= skv) return false;
-        __mmask16 bad = 0;
+        __mmask16 hit = 0;
         for (int64_t d = 0; d < D; d += 16)
-          bad |= _mm512_fpclass_ps_mask(load16(p.v.data, p.dtype, vb + j * p.v.ss + d, lanes(D - d)), 0x99);
-        if (bad) vbad[size_t(joff[size_t(b * p.N2 + g)] + j)] = 1;
-        return bad != 0;
+          hit |= _mm512_fpclass_ps_mask(load16(p.v.data, p.dtype, vb + j * p.v.ss + d, lanes(D - d)), 0x99);
+        bad[j - j0] = hit != 0;
+        return hit != 0;
       };
       for (int64_t j = j0; j < j0 + nj; j += 2) {
         const bool za = j >= skv || nonfinite(j), zc = j + 1 >= skv || nonfinite(j + 1);
@@ -235,9 +252,9 @@ struct EngineAmx {
           for (int i = 0; i < kParts; ++i) a[i] = c[i] = _mm256_setzero_si256();
           if (!za) load_parts<kParts>(p.v.data, vb + j * p.v.ss + d, kd, a);
           if (!zc) load_parts<kParts>(p.v.data, vb + (j + 1) * p.v.ss + d, kd, c);
-          const int64_t jp = j / 2, at = vo + (jp / 16) * (Dp16 / 16) * 256 + (d / 16) * 256 + (jp % 16) * 16;
+          const int64_t jp = (j - j0) / 2, at = (jp / 16) * (Dp16 / 16) * 256 + (d / 16) * 256 + (jp % 16) * 16;
           for (int i = 0; i < kParts; ++i)
-            _mm512_storeu_si512(vp[i] + at, _mm512_or_si512(_mm512_cvtepu16_epi32(a[i]),
+            _mm512_storeu_si512(vdst + i * vplane + at, _mm512_or_si512(_mm512_cvtepu16_epi32(a[i]),
                                                             _mm512_slli_epi32(_mm512_cvtepu16_epi32(c[i]), 16)));
         }
       }
@@ -246,7 +263,7 @@ struct EngineAmx {
 
   const Shared& sh;
   int64_t D, Dp32, Dp16;
-  Buf bq, bs, bp, bo, btmp;
+  Buf bq, bs, bp, bo, btmp, blk, blv;  // blk, blv: the block's K/V parts (Shared::local)
   uint16_t* Qb;  // [kParts][kBq][Dp32] bf16 parts of Q
   float* S;      // [kBq][kBk]
   uint16_t* P;   // [kPParts][kBq][kBk] bf16 parts of P
@@ -261,6 +278,7 @@ struct EngineAmx {
   alignas(64) uint32_t words_[kWords];
   int nbad_ = 0;  // keys of the current block whose value row has a NaN / Inf (Shared::vbad)
   int bad_[kBk];
+  uint8_t lbad_[kBk];  // the block's value-row flags (Shared::local)
 
   EngineAmx(const Problem& p, const Shared& s)
       : sh(s), D(p.D), Dp32(round_up(p.D, 32)), Dp16(round_up(p.D, 16)) {
@@ -329,13 +347,27 @@ struct EngineAmx {
 
   void load_kv(const Problem& p, int64_t b, int64_t g, int64_t j0, int jn) {
     nbad_ = 0;
-    const uint8_t* vb = sh.vbad.data() + sh.joff[size_t(b * p.N2 + g)] + j0;
+    const uint8_t* vb;
+    if (sh.local) {  // pack this block now: K [kBk/16][Dp32/2][16], V [kBk/32][Dp16/16][16][16] words per part
+      const int64_t kw = kBk / 2 * Dp32, vw = kBk / 2 * Dp16;
+      uint32_t *k = blk.get<uint32_t>(size_t(kw * kParts)), *v = blv.get<uint32_t>(size_t(vw * kParts));
+      sh.pack(p, b, g, j0, round_up(jn, 32), k, v, kw, vw, lbad_);
+      for (int i = 0; i < kParts; ++i) {
+        kcur[i] = k + i * kw;
+        vcur[i] = v + i * vw;
+      }
+      vb = lbad_;
+    } else {
+      const int64_t bg = b * p.N2 + g, kat = sh.koff[size_t(bg)] + (j0 / 16) * (Dp32 / 2) * 16,
+                    vat = sh.voff[size_t(bg)] + (j0 / 32) * (Dp16 / 16) * 256;
+      for (int i = 0; i < kParts; ++i) {
+        kcur[i] = sh.kp[i] + kat;
+        vcur[i] = sh.vp[i] + vat;
+      }
+      vb = sh.vbad.data() + sh.joff[size_t(bg)] + j0;
+    }
     for (int jj = 0; jj < jn; ++jj)
       if (vb[jj]) bad_[nbad_++] = jj;
-    for (int i = 0; i < kParts; ++i) {
-      kcur[i] = sh.kp[i] + sh.koff[size_t(b * p.N2 + g)] + (j0 / 16) * (Dp32 / 2) * 16;
-      vcur[i] = sh.vp[i] + sh.voff[size_t(b * p.N2 + g)] + (j0 / 32) * (Dp16 / 16) * 256;
-    }
   }
 
   // Keys of rows [r, r + n) that can be kept in this block, rounded up to 32 (kend_ is set by

@@ -39,6 +39,10 @@
 #include <memory>
 #include <vector>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 #include "common/thread_pool.h"
 #include "core/problem.h"
 #include "cpu/tile/exp2_poly.h"
@@ -71,7 +75,12 @@ inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 inline int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
 
 // ---- aligned scratch ------------------------------------------------------------------
+// Buffers of kHugeBytes and more (the K/V packs of a call: tens of MiB, mapped afresh by every
+// call) are 2 MiB-aligned and advised to use transparent huge pages: with 4 KiB pages the
+// page faults of a 32 MiB pack cost more than the packing itself (dev/15_pack_pages.txt).
+// get(n, false) skips the zeroing for buffers the caller overwrites completely.
 struct Buf {
+  static constexpr size_t kHugeBytes = size_t(2) << 20;
   void* p = nullptr;
   size_t n = 0;
   Buf() = default;
@@ -79,13 +88,18 @@ struct Buf {
   Buf& operator=(const Buf&) = delete;
   ~Buf() { std::free(p); }
   template <class T>
-  T* get(size_t count) {
-    const size_t bytes = size_t(round_up(int64_t(count * sizeof(T)) + 64, 64));
+  T* get(size_t count, bool zero = true) {
+    size_t bytes = size_t(round_up(int64_t(count * sizeof(T)) + 64, 64));
     if (bytes > n) {
       std::free(p);
-      p = std::aligned_alloc(64, bytes);
+      const bool huge = bytes >= kHugeBytes;
+      if (huge) bytes = size_t(round_up(int64_t(bytes), int64_t(kHugeBytes)));
+      p = std::aligned_alloc(huge ? kHugeBytes : 64, bytes);
       if (!p) throw std::bad_alloc();
-      std::memset(p, 0, bytes);
+#ifdef MADV_HUGEPAGE
+      if (huge) madvise(p, bytes, MADV_HUGEPAGE);  // advice only: failure is harmless
+#endif
+      if (zero) std::memset(p, 0, bytes);
       n = bytes;
     }
     return static_cast<T*>(p);

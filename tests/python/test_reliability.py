@@ -227,6 +227,34 @@ def test_tnd_key_value_beyond_2_31_elements(sa, backend):
         twin.assert_close(out[:, 0], ref, "bfloat16", f"TND > 2^31 elements, mode {mode}")
 
 
+# Keys per kv head above which the AMX kernels no longer pre-pack K/V for the whole call
+# (fwd_amx.cpp kMaxPrePackBytes = 48 MiB: 4 * D bytes per key for bf16, 8 * D for fp16) but pack
+# each block per q-block task; the case has a tail block (S2 % 256 != 0, S2 % 32 != 0).
+_LOCAL_PACK_S2 = {"bfloat16": 98304 + 333, "float16": 49152 + 333}
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("mode,kw", [(0, {}), (0, {"keep_prob": 0.9}), (4, {"pre_tokens": 70000, "next_tokens": -50})],
+                         ids=["plain", "dropout", "band"])
+def test_long_kv_packed_per_block(sa, dtype, mode, kw):
+    """K/V too large for the shared pre-pack (S2 ~ 98k bf16 / 49k fp16, D 128, GQA 2:1 so 80
+    rows per kv head take the AMX path): every block is packed by the task, value rows with an
+    Inf among them, compared with the float64 twin."""
+    D, N1, N2, S1, S2 = 128, 2, 1, 40, _LOCAL_PACK_S2[dtype]
+    rng = np.random.default_rng(7)
+    q, k, v = _rand((1, S1, N1, D), dtype, rng), _rand((1, S2, N2, D), dtype, rng), _rand((1, S2, N2, D), dtype, rng)
+    if mode == 0 and not kw:  # (the twin's (P * drop) @ V turns a masked or dropped Inf into NaN)
+        v[0, S2 - 5, 0, 3] = np.inf  # in the tail block: propagates to every row
+    args = dict(scale=1 / math.sqrt(D), sparse_mode=mode, **kw)
+    if mode:
+        args["atten_mask"] = twin.causal_template()
+    got = _fwd(sa, q, k, v, N1, "BSND", backend="auto", rng=(5, 9), **args)
+    ref = twin.forward(q, k, v, N1, "BSND", seed=5, offset=9, **args)
+    _same_nonfinite_and_close(got[0], ref[0], dtype, f"local pack {dtype} mode {mode} out")
+    twin.assert_stats_close(got[1], ref[1], "softmax_max")
+    twin.assert_stats_close(got[2], ref[2], "softmax_sum")
+
+
 @pytest.mark.skipif(not _large_enabled(), reason="needs >= 10 GiB available memory (SPEEDATTN_LARGE=1 forces)")
 def test_bsh_band_key_beyond_2_31_elements(sa):
     """BSH key/value (1, 2^24 + 64, 128) bf16 with a bottom-right band (sparse_mode 4,
