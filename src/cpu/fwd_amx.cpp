@@ -1,4 +1,4 @@
-// The AMX-BF16 forward kernel (bfloat16 inputs): fwd_driver.h + an AMX tile engine.
+// The AMX-BF16 forward kernels (bfloat16, float16, float32 inputs): fwd_driver.h + an AMX tile engine.
 //
 //   pre-pass (Shared): K and V of every (b, kv head) packed ONCE into AMX B-operand layouts
 //       Kp[(b,g)][S2p/16][D/2][16]          uint32 = (K[j][2q], K[j][2q+1])   ("VNNI" K^T)
@@ -18,12 +18,15 @@
 //               tests/python/test_properties.py found err 1.306e-3 > tol 1.305e-3 (S1 63,
 //               S2 65, D 3); with Pl the P error is ~2^-16 and the bound holds
 //               (dev/07_amx_p_split.txt: cost of the second PV pass).
-// float16 inputs (EngineAmx<true>): no AMX-FP16 on this CPU and fp16 accumulation is not
-// acceptable, so every fp16 value is split exactly into two bf16 parts, x = hi + lo
-// (hi = bf16(x), lo = bf16(x - hi): 8 + 8 significant bits >= fp16's 11), and
-//   S  = Qh Kh + Qh Kl + Ql Kh + Ql Kl    (exact products: the fp32 statistics need them, F6)
-//   O += Ph Vh + Ph Vl + Pl Vh            (P = Ph + Pl to ~2^-16; Pl Vl ~2^-18, below fp16 output)
-// four / three AMX passes; still well ahead of fp32 FMA (dev/04_fp16_paths.txt).
+// float16 / float32 inputs (EngineAmx<2> / <3>): no AMX-FP16 on this CPU and fp16 accumulation
+// is not acceptable, so every value is split exactly into 2 / 3 bf16 parts (load_parts: 8
+// significant bits each, >= fp16's 11 / = fp32's 24), and every product is the sum of its part
+// products (Terms):
+//   fp16: S = Qh Kh + Qh Kl + Ql Kh + Ql Kl (exact: the fp32 statistics need it, F6);
+//         O += Ph Vh + Ph Vl + Pl Vh (P = Ph + Pl to ~2^-16; Pl Vl ~2^-18, below fp16 output);
+//         4 / 3 AMX passes, 2.1x the fp32 FMA kernel (dev/04_fp16_paths.txt).
+//   fp32: the 6 part products of order >= 2^-16 for S and for O += P V, P split into 3 exact
+//         parts, degree-5 exp2: 1.2-1.45x the FMA kernel per CPU-second (dev/13_amx_fp32.txt).
 // Problems with fewer than kMinRowsPerKvHead rows per kv head use the AVX-512 kernel (AMX tiles of 16
 // rows would be mostly padding, and the pre-pack would not amortise); bf16 decode shapes (2..16
 // rows per kv head, D % 32 == 0) use EngineDecodeAmx below (no pre-pack: K rows are the A operand).

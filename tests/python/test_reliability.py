@@ -228,16 +228,17 @@ def test_tnd_key_value_beyond_2_31_elements(sa, backend):
 
 
 # Keys per kv head above which the AMX kernels no longer pre-pack K/V for the whole call
-# (fwd_amx.cpp kMaxPrePackBytes = 48 MiB: 4 * D bytes per key for bf16, 8 * D for fp16) but pack
-# each block per q-block task; the case has a tail block (S2 % 256 != 0, S2 % 32 != 0).
-_LOCAL_PACK_S2 = {"bfloat16": 98304 + 333, "float16": 49152 + 333}
+# (fwd_amx.cpp kMaxPrePackBytes = 48 MiB: 4 * D bytes per key for bf16, 8 * D for fp16, 12 * D
+# for fp32's three parts) but pack each block per q-block task; the case has a tail block
+# (S2 % 256 != 0, S2 % 32 != 0).
+_LOCAL_PACK_S2 = {"bfloat16": 98304 + 333, "float16": 49152 + 333, "float32": 32768 + 333}
 
 
-@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32"])
 @pytest.mark.parametrize("mode,kw", [(0, {}), (0, {"keep_prob": 0.9}), (4, {"pre_tokens": 70000, "next_tokens": -50})],
                          ids=["plain", "dropout", "band"])
 def test_long_kv_packed_per_block(sa, dtype, mode, kw):
-    """K/V too large for the shared pre-pack (S2 ~ 98k bf16 / 49k fp16, D 128, GQA 2:1 so 80
+    """K/V too large for the shared pre-pack (S2 ~ 98k bf16 / 49k fp16 / 33k fp32, D 128, GQA 2:1 so 80
     rows per kv head take the AMX path): every block is packed by the task, value rows with an
     Inf among them, compared with the float64 twin."""
     D, N1, N2, S1, S2 = 128, 2, 1, 40, _LOCAL_PACK_S2[dtype]
