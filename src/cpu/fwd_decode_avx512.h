@@ -125,10 +125,8 @@ struct EngineDecode : SoftmaxRowsAvx512<EngineDecode<DT>> {
     voff = b * p.v.sb + (p.row0_kv[size_t(b)] + j0) * p.v.ss + g * p.v.sn;
     // Value rows with a NaN / Inf: P = 0 (masked, dropped) times Inf must not reach O, so
     // such a block reads a copy with those rows zeroed and fwd_driver.h fix_bad_v adds them
-    // back where P != 0. The scan also pulls the block into cache for pv.
-    nbad_ = 0;
-    for (int jj = 0; jj < jn; ++jj)
-      if (row_nonfinite(static_cast<const char*>(vdat), voff + jj * vss)) bad_[nbad_++] = jj;
+    // back where P != 0.
+    scan_block(jn);
     if (nbad_) {
       const size_t es = DT == DType::float32 ? 4 : 2;
       char* z = bvz.get<char>(size_t(jn) * size_t(D) * es);
@@ -140,6 +138,39 @@ struct EngineDecode : SoftmaxRowsAvx512<EngineDecode<DT>> {
       voff = 0;
       vss = D;
     }
+  }
+  // One pass over the block's K and V rows from memory before qk / pv read them from L2: it lists
+  // the value rows with a NaN / Inf (bad_, in key order) and touches the key rows. The rows are
+  // visited as kStreams interleaved sub-ranges of the block (2 x kStreams address streams): one
+  // sequential stream per tensor leaves the L2 streamer idle at every 4 KiB page boundary, and the
+  // reads from inside qk (tile / vector loads) and pv ran at ~7 GB/s against ~11 GB/s for this
+  // pass (1 thread, BNSD bf16, dev/12_decode_bandwidth.txt).
+  static constexpr int kStreams = 4;
+  __m512i touched_ = _mm512_setzero_si512();  // OR of the key rows read (keeps the loads alive)
+  void scan_block(int jn) {
+    const int per = (jn + kStreams - 1) / kStreams;
+    const char* kb = static_cast<const char*>(kdat);
+    const char* vb = static_cast<const char*>(vdat);
+    bool bad[kBk];
+    for (int i = 0; i < per; ++i)
+      for (int s = 0; s < kStreams; ++s) {
+        const int jj = s * per + i;
+        if (jj >= jn) break;
+        touched_ = _mm512_or_si512(touched_, row_or(kb, koff + jj * kss));
+        bad[jj] = row_nonfinite(vb, voff + jj * vss);
+      }
+    nbad_ = 0;
+    for (int jj = 0; jj < jn; ++jj)
+      if (bad[jj]) bad_[nbad_++] = jj;
+  }
+  // The OR of the row of D elements at element offset off (its bytes, as one vector).
+  __m512i row_or(const char* base, int64_t off) const {
+    const int64_t es = DT == DType::float32 ? 4 : 2, nb = D * es;
+    const char* r = base + off * es;
+    __m512i a = _mm512_setzero_si512();
+    for (int64_t o = 0; o < nb; o += 64)
+      a = _mm512_or_si512(a, _mm512_maskz_loadu_epi8(nb - o >= 64 ? ~__mmask64(0) : (__mmask64(1) << (nb - o)) - 1, r + o));
+    return a;
   }
   // Whether the row of D elements at element offset off has a NaN / Inf (exponent all ones).
   bool row_nonfinite(const char* base, int64_t off) const {

@@ -256,16 +256,22 @@ void compare(const Case& c, const sa::Problem& p, const Outs& ref, const Outs& g
   (void)p;
 }
 
+// Zeroed output buffers of the problem's sizes.
+Outs output_shape(const sa::Problem& p, DType dt) {
+  Outs o;
+  o.out.resize(size_t(p.out_spec.numel()) * esize(dt));
+  o.smax.resize(size_t(p.stat_spec.numel()));
+  o.ssum.resize(size_t(p.stat_spec.numel()));
+  return o;
+}
+
 void check(const Case& c, uint32_t seed = 1) {
   SCOPED_TRACE(c.name());
   Inputs in;
   build(c, in, seed);
   sa::Problem p = sa::validate_forward(in.tq, in.tk, in.tv, in.opt);
   p.rng = sa::RngState{0x1234567890abLL, 77};
-  Outs shape;
-  shape.out.resize(size_t(p.out_spec.numel()) * esize(c.dt));
-  shape.smax.resize(size_t(p.stat_spec.numel()));
-  shape.ssum.resize(size_t(p.stat_spec.numel()));
+  const Outs shape = output_shape(p, c.dt);
   const Outs ref = run_with(p, shape, &sa::reference_forward);
   // near-exact float32 output of the same inputs (for the SPEC §11 bound of twin.py)
   std::vector<float> exact;
@@ -718,10 +724,7 @@ TEST(ForwardKernels, ThreadCountBitIdentity) {
     build(c, in, 5);
     sa::Problem p = sa::validate_forward(in.tq, in.tk, in.tv, in.opt);
     p.rng = sa::RngState{99, 5};
-    Outs shape;
-    shape.out.resize(size_t(p.out_spec.numel()) * esize(c.dt));
-    shape.smax.resize(size_t(p.stat_spec.numel()));
-    shape.ssum.resize(size_t(p.stat_spec.numel()));
+    const Outs shape = output_shape(p, c.dt);
     for (const sa::ForwardKernel& k : sa::forward_kernels()) {
       if (k.dtype != c.dt || int(k.isa) > int(sa::detected_isa())) continue;
       sa::set_num_threads(1);
@@ -806,6 +809,18 @@ void compare_nonfinite(const Case& c, const Outs& ref, const Outs& got, const ch
 }
 }  // namespace
 
+// Every kernel of c.dt against the reference on inputs `in` (with their non-finite pokes).
+void check_nonfinite(const Case& c, const Inputs& in) {
+  sa::Problem p = sa::validate_forward(in.tq, in.tk, in.tv, in.opt);
+  p.rng = sa::RngState{0x1234567890abLL, 77};
+  const Outs shape = output_shape(p, c.dt);
+  const Outs ref = run_with(p, shape, &sa::reference_forward);
+  for (const sa::ForwardKernel& k : sa::forward_kernels()) {
+    if (k.dtype != c.dt || int(k.isa) > int(sa::detected_isa())) continue;
+    compare_nonfinite(c, ref, run_with(p, shape, k.run), k.name);
+  }
+}
+
 TEST(ForwardKernels, NonFiniteInputs) {
   struct Poke {
     char t;
@@ -833,17 +848,7 @@ TEST(ForwardKernels, NonFiniteInputs) {
             std::vector<uint8_t>& buf = pk.t == 'q' ? in.q : pk.t == 'k' ? in.k : in.v;
             const int64_t Sp = pk.t == 'q' ? c.S1 : c.S2;
             put(buf, dt, ((1 * Sp) + Sp / 2) * c.D + 3, pk.val);  // head 1, row / key S/2, d 3
-            sa::Problem p = sa::validate_forward(in.tq, in.tk, in.tv, in.opt);
-            p.rng = sa::RngState{0x1234567890abLL, 77};
-            Outs shape;
-            shape.out.resize(size_t(p.out_spec.numel()) * esize(dt));
-            shape.smax.resize(size_t(p.stat_spec.numel()));
-            shape.ssum.resize(size_t(p.stat_spec.numel()));
-            const Outs ref = run_with(p, shape, &sa::reference_forward);
-            for (const sa::ForwardKernel& k : sa::forward_kernels()) {
-              if (k.dtype != dt || int(k.isa) > int(sa::detected_isa())) continue;
-              compare_nonfinite(c, ref, run_with(p, shape, k.run), k.name);
-            }
+            check_nonfinite(c, in);
           }
 }
 
@@ -981,4 +986,34 @@ TEST(ForwardKernels, Fp32HugeAndTinyMagnitudes) {
         EXPECT_LE(worst, std::ldexp(amax, -15)) << name << " (max |out| " << amax << ")";
       });
     }
+}
+
+// The decode engines list the value rows with a NaN / Inf per key block while reading the block as
+// interleaved sub-ranges (fwd_decode_avx512.h scan_block): several such rows per block, at
+// sub-range edges (keys 0, 63 / 64 of a 256-key block) and in a 3-key tail block (one key per
+// sub-range), some of them dropped (P = 0: must not reach O), on 1, 8 and 16 rows per kv head.
+TEST(ForwardKernels, DecodeNonFiniteValueRows) {
+  struct Poke {
+    int64_t key, d;
+    float val;
+  };
+  const Poke pokes[] = {{0, 3, INFINITY}, {63, 5, NAN}, {64, 7, -INFINITY}, {255, 9, INFINITY},
+                        {257, 11, -INFINITY}, {258, 13, NAN}};
+  for (DType dt : kDtypes)
+    for (int64_t N1 : {2, 16, 32})
+      for (double keep : {1.0, 0.8}) {
+        Case c;
+        c.dt = dt;
+        c.N1 = N1;
+        c.N2 = 2;
+        c.S1 = 1;
+        c.S2 = 259;
+        c.D = 64;
+        c.keep = keep;
+        SCOPED_TRACE(c.name());
+        Inputs in;
+        build(c, in, 7);
+        for (const Poke& pk : pokes) put(in.v, dt, ((1 * c.S2) + pk.key) * c.D + pk.d, pk.val);  // kv head 1
+        check_nonfinite(c, in);
+      }
 }
