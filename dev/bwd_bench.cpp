@@ -1,6 +1,7 @@
 // dev/bwd_bench: times registered backward kernels on one shape (medians of N runs).
 //   build: g++ -O2 -std=c++17 -Iinclude -Isrc dev/bwd_bench.cpp -Lbuild/bwd -lspeedattn -Wl,-rpath,$PWD/build/bwd -o build/bwd/bwd_bench
 //   run:   build/bwd/bwd_bench <dtype f32|bf16|f16> B N1 N2 S1 S2 D [mode] [reps] [kernel-substring] [threads]
+//          [pse_type 2|3: internal ALiBi with (N1,) slopes 2^-(8 (n+1) / N1)]
 // Prints ms and TFLOP/s (FLOPs = 2.5 * 4 * B * N1 * S1 * S2 * D, halved for causal modes 2/3).
 #include <algorithm>
 #include <chrono>
@@ -26,6 +27,7 @@ int main(int argc, char** argv) {
   const int reps = argc > 9 ? atoi(argv[9]) : 5;
   const std::string want = argc > 10 ? argv[10] : "";
   if (argc > 11) set_num_threads(atoi(argv[11]));
+  const int64_t pse_type = argc > 12 ? atol(argv[12]) : -1;
   const DType dt = dts == "f32" ? DType::float32 : dts == "f16" ? DType::float16 : DType::bfloat16;
   const size_t es = dt == DType::float32 ? 4 : 2;
   std::mt19937 rng(1);
@@ -57,6 +59,12 @@ int main(int argc, char** argv) {
       for (int j = i + 1; j < 2048; ++j) tmpl[size_t(i) * 2048 + size_t(j)] = 1;
     o.atten_mask = TensorView::contiguous(tmpl.data(), DType::uint8, {2048, 2048});
   }
+  std::vector<float> slopes;
+  if (pse_type == 2 || pse_type == 3) {
+    for (int64_t n = 0; n < N1; ++n) slopes.push_back(std::exp2(-8.0f * float(n + 1) / float(N1)));
+    o.pse = TensorView::contiguous(slopes.data(), DType::float32, {N1});
+    o.pse_type = pse_type;
+  }
   ForwardResult fr = forward(tq, tk, tv, o);
   ForwardSaved sv{fr.softmax_max.view(), fr.softmax_sum.view(), fr.attention_out.view(), fr.seed, fr.offset, fr.numels};
   Backward bw(tq, tk, tv, tdy, o, sv);
@@ -65,6 +73,8 @@ int main(int argc, char** argv) {
   p.dq.data = dq.data();
   p.dk.data = dk.data();
   p.dv.data = dvv.data();
+  std::vector<float> dslopes(slopes.size());
+  p.dpse_out = dslopes.data();
   double flops = 2.5 * 4.0 * double(B * N1) * double(S1) * double(S2) * double(D);
   if (mode == 2 || mode == 3) flops /= 2;
   for (const BackwardKernel& kr : backward_kernels()) {

@@ -18,7 +18,7 @@
 //   * the backward accepts the forward's own saved state and rejects corrupted saved state.
 //
 // Env: FUZZ_VERBOSE=1 prints each decoded call; FUZZ_NONNULL_EMPTY=1 passes non-null pointers
-// for zero-size outputs; FUZZ_STRICT_SLOPES=1 also compares slope gradients (finding F13).
+// for zero-size outputs.
 //
 // Harness rules: the buffers always cover the strides the harness generates (a stray
 // access is the library's bug, never the harness's). Tensors whose span is too large to
@@ -879,14 +879,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     compare(g1.dq, gr.dq, out_dt, tol, "dq");
     compare(g1.dk, gr.dk, out_dt, tol, "dk");
     compare(g1.dv, gr.dv, out_dt, tol, "dv");
-    // Slope gradients (pse_type 2/3) are long float32 reductions: finding F13 (their error grows
-    // with S1*S2 beyond this loose bound); FUZZ_STRICT_SLOPES=1 checks them anyway.
-    static const bool strict_slopes = [] {
-      const char* e = std::getenv("FUZZ_STRICT_SLOPES");
-      return e && *e == '1';
-    }();
-    const bool slopes = o.pse_type == 2 || o.pse_type == 3;
-    if (c.pse && (!slopes || strict_slopes)) compare(g1.dpse, gr.dpse, bwd->dpse_spec().dtype, tol, "dpse");
+    if (c.pse) compare(g1.dpse, gr.dpse, bwd->dpse_spec().dtype, tol, "dpse");
   }
   for (GenTensor* t : {c.q.get(), c.k.get(), c.v.get(), c.mask.get(), c.pse.get(), dy.get()})
     if (t && t->bytes && std::memcmp(t->snapshot.data(), t->mem.get(), t->bytes) != 0)

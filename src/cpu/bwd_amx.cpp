@@ -553,14 +553,14 @@ struct AmxWorker : Worker<AmxBase> {
   // Loop order: query head n, q tile (kBq rows), key tile (kSub keys). The q tile's dQ
   // accumulates in dQl (AMX C tiles, fp32) across the key tiles and is added to the partial
   // rows once per superblock.
-  void kv_block_amx(int64_t b, int64_t g, int64_t c, int64_t j0, int jn, double* sl) {
+  void kv_block_amx(int64_t b, int64_t g, int64_t c, int64_t j0, int jn) {
     const int jp = int(round_up(jn, 32));
     pack_kv(b, g, j0, jn, jp);
     for (int64_t d = 0; d < D; ++d) {
       std::memset(dKT + d * kLd, 0, size_t(jp) * 4);
       std::memset(dVT + d * kLd, 0, size_t(jp) * 4);
     }
-    const bool fast_ok = p.pse.kind == PseKind::none && !p.dropout && !sh.dpse && !sl;
+    const bool fast_ok = p.pse.kind == PseKind::none && !p.dropout && !sh.dpse;
     // k / q / dy / v rows with a NaN / Inf, or a non-finite Dsum (rare): the bf16 products here
     // would multiply zero weights by them, and an infinite dS splits into Inf + NaN halves; the
     // fp32 path (bwd_driver.h Worker::kv_block) takes them out.
@@ -569,7 +569,7 @@ struct AmxWorker : Worker<AmxBase> {
       const uint8_t* kb = sh.kbad.data() + g * sh.Tk + sh.kbase[size_t(b)] + j0;
       for (int jj = 0; !bad && jj < jn; ++jj) bad = kb[jj] != 0;
       if (bad) {
-        for (int s0 = 0; s0 < jn; s0 += kSub) kv_block(b, g, c, j0 + s0, std::min(kSub, jn - s0), sl);
+        for (int s0 = 0; s0 < jn; s0 += kSub) kv_block(b, g, c, j0 + s0, std::min(kSub, jn - s0));
         return;
       }
     }
@@ -611,7 +611,7 @@ struct AmxWorker : Worker<AmxBase> {
           if (fast) {
             fused_convert(b, n, ib, R, Rp, sn, sp);
           } else {
-            grad_rows(b, n, g, ib, rlo, R, j0 + s0, sn, S, dP, kSub, sl);
+            grad_rows(b, n, c, ib, rlo, R, j0 + s0, sn, S, dP, kSub);
             convert(R, Rp, sn, sp);
           }
           // kF16: Xh Ph + Xh Pl + Xl Ph (Xl Pl ~2^-17 relative: below the fp16 output)
@@ -649,20 +649,20 @@ struct AmxWorker : Worker<AmxBase> {
     else store_kv_bf16(b, g, j0, jn);
   }
 
-  void run_task(const BTask& t, double* sl) {
+  void run_task(const BTask& t) {
     load_tile_config();
     if (t.b >= 0) {
       const int64_t skv = p.skv[size_t(t.b)];
       int64_t kb0, kb1;
       chunk_blocks(nblocks(skv, kSup), sh.plan.C, t.c, &kb0, &kb1);
       for (int64_t kb = kb0; kb < kb1; ++kb)
-        kv_block_amx(t.b, t.g, t.c, kb * kSup, int(std::min<int64_t>(kSup, skv - kb * kSup)), sl);
+        kv_block_amx(t.b, t.g, t.c, kb * kSup, int(std::min<int64_t>(kSup, skv - kb * kSup)));
     } else {
       for (int64_t b = 0; b < p.B; ++b) {
         const int64_t skv = p.skv[size_t(b)];
         if (p.sq[size_t(b)] == 0 || skv == 0) continue;
         for (int64_t kb = 0; kb < nblocks(skv, kSup); ++kb)
-          kv_block_amx(b, t.g, 0, kb * kSup, int(std::min<int64_t>(kSup, skv - kb * kSup)), sl);
+          kv_block_amx(b, t.g, 0, kb * kSup, int(std::min<int64_t>(kSup, skv - kb * kSup)));
       }
     }
     _tile_release();

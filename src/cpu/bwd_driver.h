@@ -23,7 +23,11 @@
 //   * dpse: pse_type 0/1 accumulate fp32 into a dpse-shaped buffer (the output itself for
 //     float32): every cell is owned by one task (for a batch-broadcast pse the tasks loop
 //     over b inside; the compressed form forces one chunk), accumulation order is fixed.
-//     pse_type 2/3: per-task fp64 partials per (b, n), reduced in task order.
+//     pse_type 2/3: per row and chunk, the four fp64 sums of core/slope_grad.h (the slope
+//     gradient with the distances centred per row, finding F13); finish_slopes adds a row's
+//     chunks in chunk order, forms its centred gradient, and sums rows in (b, n, i) order.
+//     The centre needs every key of the row, and the keys are split across chunk tasks: the
+//     sums defer it to that fixed-order reduction, so nothing depends on the thread count.
 //
 // Engine concept E (bwd_engine_portable.h is the reference implementation):
 //   kBq, kBk;  gemm(M, N, K, A, a_sm, a_sk, B, ldb, C, ldc, accumulate):
@@ -42,6 +46,7 @@
 
 #include "common/thread_pool.h"
 #include "core/problem.h"
+#include "core/slope_grad.h"
 #include "cpu/fwd_driver.h"
 #include "cpu/tile/exp2_poly.h"
 
@@ -71,7 +76,7 @@ struct GradRow {
   uint32_t thr = 0;
   float* dpse = nullptr;   // fp32 dpse cell of (row, j) at dpse[j * dsj] (tensor pse), else null
   int64_t dsj = 1;
-  double* slope_acc = nullptr;  // pse_type 2/3: accumulates sum dS * (-distance)
+  SlopeRowSums* slope = nullptr;  // pse_type 2/3: the row's slope-gradient sums (this chunk)
 };
 
 // Scalar element semantics of one row tile (the portable engine's grad_row; ISA engines use
@@ -80,7 +85,7 @@ struct GradRow {
 inline void grad_row_scalar(const Problem& p, const GradRow& a, float* s, float* dp, int64_t j0, int jn) {
   const RowMeta& rm = *a.rm;
   const PseDesc& d = p.pse;
-  double slope_acc = 0.0;
+  SlopeRowSums slope;
   for (int jj = 0; jj < jn; ++jj) {
     const int64_t j = j0 + jj;
     bool keep = true;
@@ -120,9 +125,9 @@ inline void grad_row_scalar(const Problem& p, const GradRow& a, float* s, float*
     s[jj] = pd;
     dp[jj] = a.scale * ds;
     if (a.dpse) a.dpse[j * a.dsj] += d.pse_type == 1 ? a.scale * ds : ds;
-    if (a.slope_acc) slope_acc -= double(ds) * double(dist);
+    if (a.slope) slope.add(pr, ds, dist);
   }
-  if (a.slope_acc) *a.slope_acc += slope_acc;
+  if (a.slope) a.slope->add(slope);
 }
 
 // ---- band helpers ---------------------------------------------------------------------------
@@ -283,7 +288,7 @@ struct Shared {
   std::vector<float> dpse_own;
   int64_t dst[4] = {0, 0, 0, 0};
   int64_t dpse_numel = 0;
-  std::vector<double> slope_part;  // tasks x G
+  std::vector<SlopeRowSums> slope_rows;  // pse_type 2/3: C x N1 x Tq (chunk, head, compact row)
   // Packed bf16 copies for the AMX kernel (filled by its prepare step): per query head n,
   // rows in a padded row space (sequence b starts at qpbase[b], a multiple of 32; 32 zero
   // rows of slack at the end): Qc/dYc [n][Tqp][D], QT/dYT [n][D][Tqp].
@@ -296,6 +301,9 @@ struct Shared {
   size_t ri(int64_t n, int64_t b, int64_t i) const { return size_t(n * plan.Tq + plan.qbase[size_t(b)] + i); }
   float* dq_row(int64_t c, int64_t n, int64_t b, int64_t i) {
     return dq_acc.data() + ((c * p.N1 + n) * plan.Tq + plan.qbase[size_t(b)] + i) * D;
+  }
+  SlopeRowSums* slope_row(int64_t c, int64_t n, int64_t b, int64_t i) {
+    return slope_rows.data() + (c * p.N1 + n) * plan.Tq + plan.qbase[size_t(b)] + i;
   }
 };
 
@@ -404,6 +412,29 @@ inline void finish_dq(Shared& sh) {
   });
 }
 
+// Pass 4 (pse_type 2/3): per row, its chunk sums added in chunk order and the centred slope
+// gradient formed (core/slope_grad.h); rows summed in order per (b, n) (parallel over (b, n)),
+// then (b, n) totals into the slope cells in (b, n) order: a (N1,) slope sums over b.
+inline void finish_slopes(Shared& sh) {
+  const Problem& p = sh.p;
+  std::vector<double> head(size_t(p.B * p.N1), 0.0);
+  parallel_for(p.B * p.N1, [&](int64_t task, int) {
+    const int64_t b = task / p.N1, n = task % p.N1;
+    double g = 0.0;
+    for (int64_t i = 0; i < p.sq[size_t(b)]; ++i) {
+      SlopeRowSums row = *sh.slope_row(0, n, b, i);
+      for (int64_t c = 1; c < sh.plan.C; ++c) row.add(*sh.slope_row(c, n, b, i));
+      g += row.grad();
+    }
+    head[size_t(task)] = g;
+  });
+  std::vector<double> acc(size_t(sh.dpse_numel), 0.0);
+  for (int64_t b = 0; b < p.B; ++b)
+    for (int64_t n = 0; n < p.N1; ++n) acc[size_t(b * sh.dst[0] + n * sh.dst[1])] += head[size_t(b * p.N1 + n)];
+  float* out = static_cast<float*>(p.dpse_out);
+  for (int64_t e = 0; e < sh.dpse_numel; ++e) out[e] = float(acc[size_t(e)]);
+}
+
 // ---- per-thread worker ------------------------------------------------------------------------
 template <class E>
 struct Worker {
@@ -432,8 +463,8 @@ struct Worker {
     tmp = btmp.get<float>(size_t(Dp));
   }
 
-  // One kv block [j0, j0 + jn) of sequence b, kv head g; dQ partial slot c; slope partial sl.
-  void kv_block(int64_t b, int64_t g, int64_t c, int64_t j0, int jn, double* sl) {
+  // One kv block [j0, j0 + jn) of sequence b, kv head g; dQ (and slope-sum) partial slot c.
+  void kv_block(int64_t b, int64_t g, int64_t c, int64_t j0, int jn) {
     const int jpad = int(round_up(jn, 16));
     const bool f32 = p.dtype == DType::float32;
     // pack K^T, V^T (D x kBk, zero padded to jpad) and K rows (jn x Dp) as fp32
@@ -486,7 +517,7 @@ struct Worker {
         }
         E::gemm(R, jpad, int(D), qa, ldq, 1, KT, kBk, S, kBk, false);
         E::gemm(R, jpad, int(D), dya, lddy, 1, VT, kBk, dP, kBk, false);
-        grad_rows(b, n, g, ib, rlo, R, j0, jn, S, dP, kBk, sl);
+        grad_rows(b, n, c, ib, rlo, R, j0, jn, S, dP, kBk);
         // q / dy rows with a NaN / Inf leave the dK / dV operands (zeroed copies; S and dP
         // above used them): fix_bad_rows adds their terms where the weight is not 0
         bool qb = false, dyb = false;
@@ -584,9 +615,9 @@ struct Worker {
   }
 
   // Element semantics of the R rows ib.. (classified at index rlo..) of a tile: Sb[r*ld + jj]
-  // holds qk, dPb dy.v; on return P' and scale * dS (kNone rows: 0).
-  void grad_rows(int64_t b, int64_t n, int64_t g, int64_t ib, int rlo, int R, int64_t j0, int jn, float* Sb,
-                 float* dPb, int64_t ld, double* sl) {
+  // holds qk, dPb dy.v; on return P' and scale * dS (kNone rows: 0). c: the partial slot.
+  void grad_rows(int64_t b, int64_t n, int64_t c, int64_t ib, int rlo, int R, int64_t j0, int jn, float* Sb,
+                 float* dPb, int64_t ld) {
     const float scale = float(p.scale);
     for (int r = 0; r < R; ++r) {
       float* s = Sb + r * ld;
@@ -618,7 +649,7 @@ struct Worker {
         a.dpse = sh.dpse + dpse_row_base(b, n, ib + r);
         a.dsj = sh.dst[3];
       }
-      if (sl) a.slope_acc = sl + (n - g * p.G);
+      if (!sh.slope_rows.empty()) a.slope = sh.slope_row(c, n, b, ib + r);
       E::grad_row(p, a, s, dp, j0, jn);
     }
   }
@@ -676,25 +707,25 @@ struct Worker {
     }
   }
 
-  void run_task(const BTask& t, double* sl) {
+  void run_task(const BTask& t) {
     if (t.b >= 0) {
       const int64_t skv = p.skv[size_t(t.b)];
       int64_t kb0, kb1;
       chunk_blocks(nblocks(skv, kBk), sh.plan.C, t.c, &kb0, &kb1);
       for (int64_t kb = kb0; kb < kb1; ++kb)
-        kv_block(t.b, t.g, t.c, kb * kBk, int(std::min<int64_t>(kBk, skv - kb * kBk)), sl);
+        kv_block(t.b, t.g, t.c, kb * kBk, int(std::min<int64_t>(kBk, skv - kb * kBk)));
       return;
     }
     for (int64_t b = 0; b < p.B; ++b) {
       const int64_t skv = p.skv[size_t(b)];
       if (p.sq[size_t(b)] == 0 || skv == 0) continue;
       for (int64_t kb = 0; kb < nblocks(skv, kBk); ++kb)
-        kv_block(b, t.g, 0, kb * kBk, int(std::min<int64_t>(kBk, skv - kb * kBk)), sl);
+        kv_block(b, t.g, 0, kb * kBk, int(std::min<int64_t>(kBk, skv - kb * kBk)));
     }
   }
 };
 
-// The whole backward with worker type W (W(p, Shared&), W::run_task(BTask, slope partial))
+// The whole backward with worker type W (W(p, Shared&), W::run_task(BTask))
 // over kv blocks of Bk keys; `prepare(sh)` runs after the statistics pass (e.g. packing).
 template <class W, class Prepare>
 void backward_with(const Problem& p, int64_t Bk, Prepare&& prepare) {
@@ -728,7 +759,7 @@ void backward_with(const Problem& p, int64_t Bk, Prepare&& prepare) {
       }
       std::memset(sh.dpse, 0, size_t(sh.dpse_numel) * 4);
     } else {
-      sh.slope_part.assign(sh.plan.tasks.size() * size_t(p.G), 0.0);
+      sh.slope_rows.assign(size_t(sh.plan.C * p.N1 * sh.plan.Tq), SlopeRowSums{});
     }
   }
   if (p.B == 0 || p.N1 == 0 || p.D == 0) {
@@ -758,14 +789,13 @@ void backward_with(const Problem& p, int64_t Bk, Prepare&& prepare) {
 
   const int nthreads = std::max(1, pool_threads());
   std::vector<std::unique_ptr<W>> workers(static_cast<size_t>(nthreads));
-  const bool slopes = want_dpse && p.pse.kind == PseKind::slopes;
   parallel_for(int64_t(sh.plan.order.size()), [&](int64_t k, int thread) {
     auto& w = workers[size_t(thread)];
     if (!w) w.reset(new W(p, sh));
-    const int64_t ti = sh.plan.order[size_t(k)];
-    w->run_task(sh.plan.tasks[size_t(ti)], slopes ? sh.slope_part.data() + ti * p.G : nullptr);
+    w->run_task(sh.plan.tasks[size_t(sh.plan.order[size_t(k)])]);
   });
   finish_dq(sh);
+  if (want_dpse && p.pse.kind == PseKind::slopes) finish_slopes(sh);
 
   if (want_dpse && p.pse.kind == PseKind::tensor && p.pse.dtype != DType::float32) {
     const int64_t n = sh.dpse_numel, chunk = 1 << 16;
@@ -773,18 +803,6 @@ void backward_with(const Problem& p, int64_t Bk, Prepare&& prepare) {
       const int64_t e0 = t * chunk, e1 = std::min(n, e0 + chunk);
       store_row_f32(p.dpse_out, p.pse.dtype, e0, sh.dpse + e0, e1 - e0);
     });
-  }
-  if (slopes) {
-    std::vector<double> acc(size_t(sh.dpse_numel), 0.0);
-    for (size_t ti = 0; ti < sh.plan.tasks.size(); ++ti) {
-      const BTask& t = sh.plan.tasks[ti];
-      for (int64_t h = 0; h < p.G; ++h) {
-        const int64_t n = t.g * p.G + h;
-        acc[size_t(t.b * sh.dst[0] + n * sh.dst[1])] += sh.slope_part[ti * size_t(p.G) + size_t(h)];
-      }
-    }
-    float* out = static_cast<float*>(p.dpse_out);
-    for (int64_t e = 0; e < sh.dpse_numel; ++e) out[e] = float(acc[size_t(e)]);
   }
 }
 

@@ -143,7 +143,14 @@ struct BwdEngineAvx512 {
     // band limits as int32 (clamped to [0, skv] <= 2^31)
     const __m512i vlo = _mm512_set1_epi32(int32_t(rm.lo)), vhi = _mm512_set1_epi32(int32_t(rm.hi));
     const __m512i vph = _mm512_set1_epi32(int32_t(rm.ph));
-    __m512 sacc = _mm512_setzero_ps();
+    // Slope-gradient sums of core/slope_grad.h. sum dS dist and sum dS in fp64 (lanes 0-7 /
+    // 8-15): grad() cancels them against each other (terms ~S2 times the result), so their
+    // fp32 rounding would be amplified like the errors the centring removes. sum P dist and
+    // sum P in fp32: they only form the centre c, which multiplies sum dS (0 up to exactly
+    // those errors), so their rounding is not amplified. (Measured: dev/bwd_05_slope_grad.md.)
+    __m512d s_dsd[2], s_ds[2];
+    for (int h = 0; h < 2; ++h) s_dsd[h] = s_ds[h] = _mm512_setzero_pd();
+    __m512 s_pd = _mm512_setzero_ps(), s_p = _mm512_setzero_ps();
     for (int jj = 0; jj < jn; jj += 16) {
       const int rem = std::min(16, jn - jj);
       const __mmask16 m = __mmask16((1u << rem) - 1u);
@@ -195,9 +202,26 @@ struct BwdEngineAvx512 {
         const __m512 cv = _mm512_maskz_loadu_ps(keep, cell);
         _mm512_mask_storeu_ps(cell, keep, _mm512_fmadd_ps(pse_mul, ds, cv));
       }
-      if (slopes) sacc = _mm512_mask3_fmadd_ps(ds, dist, sacc, keep);
+      if (slopes) {  // masked lanes: ds = pr = 0
+        const __m512d dsh[2] = {_mm512_cvtps_pd(_mm512_castps512_ps256(ds)), _mm512_cvtps_pd(_mm512_extractf32x8_ps(ds, 1))};
+        const __m512d dih[2] = {_mm512_cvtps_pd(_mm512_castps512_ps256(dist)),
+                                _mm512_cvtps_pd(_mm512_extractf32x8_ps(dist, 1))};
+        for (int h = 0; h < 2; ++h) {
+          s_dsd[h] = _mm512_fmadd_pd(dsh[h], dih[h], s_dsd[h]);
+          s_ds[h] = _mm512_add_pd(s_ds[h], dsh[h]);
+        }
+        s_pd = _mm512_fmadd_ps(pr, dist, s_pd);
+        s_p = _mm512_add_ps(s_p, pr);
+      }
     }
-    if (a.slope_acc) *a.slope_acc -= double(_mm512_reduce_add_ps(sacc));
+    if (a.slope) {
+      SlopeRowSums t;
+      t.ds_dist = _mm512_reduce_add_pd(_mm512_add_pd(s_dsd[0], s_dsd[1]));
+      t.ds = _mm512_reduce_add_pd(_mm512_add_pd(s_ds[0], s_ds[1]));
+      t.p_dist = _mm512_reduce_add_ps(s_pd);
+      t.p = _mm512_reduce_add_ps(s_p);
+      a.slope->add(t);
+    }
   }
 
   // ---- Philox4x32-10, 16 quads per step ------------------------------------------------------

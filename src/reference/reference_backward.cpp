@@ -21,7 +21,9 @@
 //   dpse      pse_type 1: scale * dS, pse_type 0: dS, accumulated into the element of the
 //             (contiguous, pse-shaped) dpse that position reads: broadcast dimensions sum,
 //             the compressed ALiBi form accumulates into the cell pse_tensor_index maps to;
-//             pse_type 2/3: d/dslope = sum dS * (-distance), summed over b for a (N1,) slope.
+//             pse_type 2/3: d/dslope = -sum dS * distance, evaluated per row with the distances
+//             centred on their P-weighted mean (core/slope_grad.h, finding F13), summed over b
+//             for a (N1,) slope.
 // Fully masked rows under p.invalid_line contribute nothing. Every output is zeroed
 // first (rows of empty sequences, TND tokens outside every sequence stay 0).
 #include <algorithm>
@@ -30,6 +32,7 @@
 
 #include "api/dispatch.h"
 #include "core/semantics.h"
+#include "core/slope_grad.h"
 #include "reference/reference_rows.h"
 
 namespace speedattn {
@@ -61,6 +64,7 @@ void reference_backward(const Problem& p) {
   zero_output(dk, p.dk_spec);
   zero_output(dv, p.dv_spec);
   const bool want_dpse = p.pse.kind != PseKind::none && p.dpse_out != nullptr;
+  const bool want_slopes = want_dpse && p.pse.kind == PseKind::slopes;
   if (want_dpse) zero_output(p.dpse_out, p.dpse_spec);
 
   // dpse addressing: a copy of the problem whose pse strides are those of the contiguous
@@ -112,6 +116,7 @@ void reference_backward(const Problem& p) {
             dsum += dyrow[size_t(d)] * load_as_double(p.out.data, p.dtype, ooff + d);
           }
           std::fill(dq_acc.begin(), dq_acc.end(), 0.0);
+          SlopeRowSums slope_row;
 
           for (int64_t j = 0; j < skv; ++j) {
             if (!fully_masked && !kept[size_t(j)]) continue;  // masked: contributes nothing
@@ -129,6 +134,7 @@ void reference_backward(const Problem& p) {
             }
             if (fully_masked) continue;  // uniform row: dS = 0
             const double ds = pj * ((drop == 0.0 ? 0.0 : dpp * drop) - dsum);
+            if (want_slopes) slope_row.add(pj, ds, alibi_distance(p, i, j));  // every P > 0 key
             if (ds == 0.0) continue;
             const double sds = p.scale * ds;
             const double* kr = kmat.data() + j * D;
@@ -137,14 +143,10 @@ void reference_backward(const Problem& p) {
               dq_acc[size_t(d)] += sds * kr[d];
               dkr[d] += sds * qrow[size_t(d)];
             }
-            if (want_dpse) {
-              if (p.pse.kind == PseKind::tensor) {
-                dpse_acc[size_t(pse_tensor_index(pd, b, n, i, j))] += p.pse.pse_type == 1 ? sds : ds;
-              } else {
-                dpse_acc[size_t(b * dst[0] + n * dst[1])] -= ds * alibi_distance(p, i, j);
-              }
-            }
+            if (want_dpse && !want_slopes)
+              dpse_acc[size_t(pse_tensor_index(pd, b, n, i, j))] += p.pse.pse_type == 1 ? sds : ds;
           }
+          if (want_slopes) dpse_acc[size_t(b * dst[0] + n * dst[1])] += slope_row.grad();
           const int64_t dqoff = operand_offset(p, p.dq, false, b, n, i);
           for (int64_t d = 0; d < D; ++d) store_rounded(dq, p.dtype, dqoff + d, dq_acc[size_t(d)]);
         }

@@ -437,6 +437,17 @@ std::vector<Case> cases() {
     if (pp.type >= 2) c.q_start = 3, c.kv_start = -2;
     add(c);
   }
+  // long rows (finding F13): the slope gradient is a difference of terms ~S2 times larger than
+  // itself unless each row's distances are centred (core/slope_grad.h); D = 32 for the AMX path
+  c = Case();
+  c.name = "pse_slopes_long_rows";
+  c.B = 2, c.N1 = 2, c.N2 = 1, c.S1 = 8, c.S2 = 1100, c.D = 32;
+  c.pse = PseForm::slopes_n, c.pse_type = 2;
+  c.mode = 4, c.mask = MaskKind::template2048;
+  add(c);
+  c.name = "pse_slopes_long_rows_t3_dropout";
+  c.pse = PseForm::slopes_bn, c.pse_type = 3, c.keep_prob = 0.8;
+  add(c);
   c = Case();
   c.name = "pse_compressed";
   c.S1 = c.S2 = 1100, c.D = 8, c.pse = PseForm::compressed, c.mode = 3, c.mask = MaskKind::template2048;

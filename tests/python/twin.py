@@ -36,6 +36,10 @@ Project decisions beyond SPEC that the twin follows (from the brief):
 - Backward of a fully masked "uniform" row (inner_precise 0): every logit is the constant -FLT_MAX,
   so the TRUE gradient w.r.t. q, k and pse is zero there (dS = 0 at masked positions, as SPEC
   section 9 states for dpse); dV still receives P'^T dy since out = mean(V) depends on V.
+- Slope gradient (pse_type 2/3): -sum_j dS_ij (dist_ij - c_i) per row, c_i = sum_j P_ij dist_ij /
+  sum_j P_ij over kept keys: the true gradient -sum_j dS_ij dist_ij (sum_j dS_ij = 0 exactly), with
+  the error of the stored, rounded out in Dsum (an offset of dS proportional to P) cancelled instead
+  of amplified ~S2 times (finding F13 in docs/reliability.md; the library does the same).
 """
 
 from __future__ import annotations
@@ -479,14 +483,20 @@ class _Pse:
             return np.where(valid, p[rows, cols], 0.0)
         return np.broadcast_to(p[:sq, :skv] if p.shape[0] != 1 else p[:1, :skv], (sq, skv))
 
-    def accumulate(self, b, n, sq, skv, dlogit_bias, keep):
+    def accumulate(self, b, n, sq, skv, dlogit_bias, keep, prob=None):
         """Adjoint of bias(): dlogit_bias is d(loss)/d(bias) (sq, skv); only kept positions
-        contribute (SPEC section 9)."""
+        contribute (SPEC section 9). Slopes: with prob (P, without dropout) each row's distances
+        are centred on their P-weighted mean over the kept keys (module docstring)."""
         if self.grad is None:
             return
         g = np.where(keep, dlogit_bias, 0.0)
         if self.type in (2, 3):
-            val = -float(np.sum(g * self.dist(sq, skv)))
+            d = self.dist(sq, skv)
+            if prob is not None:
+                w = np.where(keep, prob, 0.0)
+                z = w.sum(axis=1, keepdims=True)
+                d = d - np.divide((w * d).sum(axis=1, keepdims=True), z, out=np.zeros_like(z), where=z > 0)
+            val = -float(np.sum(g * d))
             if self.pse.ndim == 1:
                 self.grad[n] += val
             else:
@@ -658,7 +668,7 @@ def backward(q, k, v, dy, head_num, layout, *, attention_in=None, magnitudes=Fal
             dk_b[h["g"]] += h["scale"] * dS.T @ h["Q"]
             if ps is not None:
                 gb = h["scale"] * dS if ps.type == 1 else dS
-                ps.accumulate(b, n, sq, skv, gb, live)
+                ps.accumulate(b, n, sq, skv, gb, live, prob)
             if magnitudes:
                 sc = abs(h["scale"])
                 aS = prob * ((np.abs(dY) @ np.abs(h["V"]).T) * drop
