@@ -405,9 +405,19 @@ inline void finish_dq(Shared& sh) {
 }
 
 // ---- per-thread worker ------------------------------------------------------------------------
+// The smallest row stride >= n floats that is an odd number of 64-byte lines.
+constexpr int64_t odd_line_stride(int64_t n) {
+  const int64_t lines = (n + 15) / 16;
+  return (lines % 2 == 0 ? lines + 1 : lines) * 16;
+}
+
 template <class E>
 struct Worker {
   static constexpr int kBq = E::kBq, kBk = E::kBk;
+  // Row strides: kLd (S, dP, K^T, V^T) and Dp (K, Q, dY, dK, dV rows) are an odd number of
+  // 64-byte lines, so the rows of a GEMM panel spread over all 64 L1 sets (a 512-byte stride
+  // maps them onto 32 sets and the panel thrashes: dev/bwd_05_fp32_strides.md).
+  static constexpr int kLd = int(odd_line_stride(kBk));
   const Problem& p;
   Shared& sh;
   int64_t D, Dp;
@@ -418,14 +428,15 @@ struct Worker {
   uint8_t cls[kBq];
   int nbadk = 0, badk[kBk];  // keys of the current block whose k row has a NaN / Inf
 
-  Worker(const Problem& prob, Shared& s) : p(prob), sh(s), D(prob.D), Dp(round_up(prob.D, 16)) {
-    KT = bkt.get<float>(size_t(D * kBk));
-    VT = bvt.get<float>(size_t(D * kBk));
+  Worker(const Problem& prob, Shared& s)
+      : p(prob), sh(s), D(prob.D), Dp(odd_line_stride(prob.D)) {
+    KT = bkt.get<float>(size_t(D * kLd));
+    VT = bvt.get<float>(size_t(D * kLd));
     Kr = bkr.get<float>(size_t(kBk * Dp));
     Q = bq.get<float>(size_t(kBq * Dp));
     dY = bdy.get<float>(size_t(kBq * Dp));
-    S = bs.get<float>(size_t(kBq * kBk));
-    dP = bdp.get<float>(size_t(kBq * kBk));
+    S = bs.get<float>(size_t(kBq * kLd));
+    dP = bdp.get<float>(size_t(kBq * kLd));
     dKa = bdk.get<float>(size_t(kBk * Dp));
     dVa = bdv.get<float>(size_t(kBk * Dp));
     words = bw.get<uint32_t>(size_t(kBk + 16));
@@ -435,17 +446,16 @@ struct Worker {
   // One kv block [j0, j0 + jn) of sequence b, kv head g; dQ partial slot c; slope partial sl.
   void kv_block(int64_t b, int64_t g, int64_t c, int64_t j0, int jn, double* sl) {
     const int jpad = int(round_up(jn, 16));
-    const bool f32 = p.dtype == DType::float32;
     // pack K^T, V^T (D x kBk, zero padded to jpad) and K rows (jn x Dp) as fp32
     for (int jj = 0; jj < jn; ++jj) {
       const int64_t ko = op_off(p, p.k, true, b, g, j0 + jj), vo = op_off(p, p.v, true, b, g, j0 + jj);
       load_row_f32(p.k.data, p.dtype, ko, Kr + jj * Dp, D);
-      for (int64_t d = 0; d < D; ++d) KT[d * kBk + jj] = Kr[jj * Dp + d];
+      for (int64_t d = 0; d < D; ++d) KT[d * kLd + jj] = Kr[jj * Dp + d];
       load_row_f32(p.v.data, p.dtype, vo, tmp, D);
-      for (int64_t d = 0; d < D; ++d) VT[d * kBk + jj] = tmp[d];
+      for (int64_t d = 0; d < D; ++d) VT[d * kLd + jj] = tmp[d];
     }
     for (int64_t d = 0; d < D; ++d)
-      for (int jj = jn; jj < jpad; ++jj) KT[d * kBk + jj] = VT[d * kBk + jj] = 0.f;
+      for (int jj = jn; jj < jpad; ++jj) KT[d * kLd + jj] = VT[d * kLd + jj] = 0.f;
     // k rows with a NaN / Inf leave Kr (the dQ = dS K operand; KT keeps them for S = Q K^T)
     nbadk = 0;
     const uint8_t* kb = sh.kbad.data() + g * sh.Tk + sh.kbase[size_t(b)] + j0;
@@ -467,26 +477,17 @@ struct Worker {
         if (rlo >= rhi) continue;
         const int R = rhi - rlo;
         const int64_t ib = i0 + rlo;  // first row of the tile
-        // Q and dY rows (fp32: read in place)
-        const float *qa, *dya;
-        int64_t ldq, lddy;
-        if (f32) {
-          qa = static_cast<const float*>(p.q.data) + op_off(p, p.q, false, b, n, ib);
-          dya = static_cast<const float*>(p.dy.data) + op_off(p, p.dy, false, b, n, ib);
-          ldq = p.q.ss;
-          lddy = p.dy.ss;
-        } else {
-          for (int r = 0; r < R; ++r) {
-            load_row_f32(p.q.data, p.dtype, op_off(p, p.q, false, b, n, ib + r), Q + r * Dp, D);
-            load_row_f32(p.dy.data, p.dtype, op_off(p, p.dy, false, b, n, ib + r), dY + r * Dp, D);
-          }
-          qa = Q;
-          dya = dY;
-          ldq = lddy = Dp;
+        // Q and dY rows as fp32 with the padded stride Dp (copied for fp32 too: a GEMM panel
+        // at the input's 2^k-byte row stride thrashes L1)
+        for (int r = 0; r < R; ++r) {
+          load_row_f32(p.q.data, p.dtype, op_off(p, p.q, false, b, n, ib + r), Q + r * Dp, D);
+          load_row_f32(p.dy.data, p.dtype, op_off(p, p.dy, false, b, n, ib + r), dY + r * Dp, D);
         }
-        E::gemm(R, jpad, int(D), qa, ldq, 1, KT, kBk, S, kBk, false);
-        E::gemm(R, jpad, int(D), dya, lddy, 1, VT, kBk, dP, kBk, false);
-        grad_rows(b, n, g, ib, rlo, R, j0, jn, S, dP, kBk, sl);
+        const float *qa = Q, *dya = dY;
+        int64_t ldq = Dp, lddy = Dp;
+        E::gemm(R, jpad, int(D), qa, ldq, 1, KT, kLd, S, kLd, false);
+        E::gemm(R, jpad, int(D), dya, lddy, 1, VT, kLd, dP, kLd, false);
+        grad_rows(b, n, g, ib, rlo, R, j0, jn, S, dP, kLd, sl);
         // q / dy rows with a NaN / Inf leave the dK / dV operands (zeroed copies; S and dP
         // above used them): fix_bad_rows adds their terms where the weight is not 0
         bool qb = false, dyb = false;
@@ -497,10 +498,10 @@ struct Worker {
         if (qb) qa = zero_bad_rows(sh.qbad, n, b, ib, R, qa, ldq, Q, &ldq);
         if (dyb) dya = zero_bad_rows(sh.dybad, n, b, ib, R, dya, lddy, dY, &lddy);
         // dV += P'^T dY, dK += (scale dS)^T Q, dQ += (scale dS) K
-        E::gemm(jn, int(D), R, S, 1, kBk, dya, lddy, dVa, Dp, true);
-        E::gemm(jn, int(D), R, dP, 1, kBk, qa, ldq, dKa, Dp, true);
-        E::gemm(R, int(D), jn, dP, kBk, 1, Kr, Dp, sh.dq_row(c, n, b, ib), D, true);
-        if (qb | dyb | (nbadk > 0)) fix_bad_rows(b, n, g, c, ib, R, j0, jn, S, dP, kBk, qb, dyb);
+        E::gemm(jn, int(D), R, S, 1, kLd, dya, lddy, dVa, Dp, true);
+        E::gemm(jn, int(D), R, dP, 1, kLd, qa, ldq, dKa, Dp, true);
+        E::gemm(R, int(D), jn, dP, kLd, 1, Kr, Dp, sh.dq_row(c, n, b, ib), D, true);
+        if (qb | dyb | (nbadk > 0)) fix_bad_rows(b, n, g, c, ib, R, j0, jn, S, dP, kLd, qb, dyb);
       }
       if (sh.ucount[size_t(b * p.N1 + n)] > 0) uniform_rows(b, n, j0, jn);
     }
