@@ -404,6 +404,25 @@ inline void finish_dq(Shared& sh) {
   });
 }
 
+// Calls f(b, c, j0, jn) for the kv blocks [j0, j0 + jn) of Bk keys of task t, in order: the
+// blocks of chunk c of sequence t.b, or (t.b = -1, batch-broadcast pse) every sequence's blocks
+// with slot 0.
+template <class F>
+void for_task_blocks(const Problem& p, const Shared& sh, const BTask& t, int64_t Bk, F&& f) {
+  if (t.b >= 0) {
+    const int64_t skv = p.skv[size_t(t.b)];
+    int64_t kb0, kb1;
+    chunk_blocks(nblocks(skv, Bk), sh.plan.C, t.c, &kb0, &kb1);
+    for (int64_t kb = kb0; kb < kb1; ++kb) f(t.b, t.c, kb * Bk, int(std::min<int64_t>(Bk, skv - kb * Bk)));
+    return;
+  }
+  for (int64_t b = 0; b < p.B; ++b) {
+    const int64_t skv = p.skv[size_t(b)];
+    if (p.sq[size_t(b)] == 0 || skv == 0) continue;
+    for (int64_t kb = 0; kb < nblocks(skv, Bk); ++kb) f(b, int64_t(0), kb * Bk, int(std::min<int64_t>(Bk, skv - kb * Bk)));
+  }
+}
+
 // ---- per-thread worker ------------------------------------------------------------------------
 // The smallest row stride >= n floats that is an odd number of 64-byte lines.
 constexpr int64_t odd_line_stride(int64_t n) {
@@ -416,7 +435,7 @@ struct Worker {
   static constexpr int kBq = E::kBq, kBk = E::kBk;
   // Row strides: kLd (S, dP, K^T, V^T) and Dp (K, Q, dY, dK, dV rows) are an odd number of
   // 64-byte lines, so the rows of a GEMM panel spread over all 64 L1 sets (a 512-byte stride
-  // maps them onto 32 sets and the panel thrashes: dev/bwd_05_fp32_strides.md).
+  // maps them onto 32 sets and the panel thrashes: dev/bwd_05_fp32_gemm.md).
   static constexpr int kLd = int(odd_line_stride(kBk));
   const Problem& p;
   Shared& sh;
@@ -443,19 +462,24 @@ struct Worker {
     tmp = btmp.get<float>(size_t(Dp));
   }
 
+  // Keys [j0, j0 + jn) of (b, kv head g) as fp32: kt / vt = K^T / V^T [D][ld] (columns jn ..
+  // jpad zero), kr = K rows [jn][Dp].
+  void pack_kv(int64_t b, int64_t g, int64_t j0, int jn, int jpad, float* kt, float* vt, int64_t ld, float* kr) {
+    for (int jj = 0; jj < jn; ++jj) {
+      const int64_t ko = op_off(p, p.k, true, b, g, j0 + jj), vo = op_off(p, p.v, true, b, g, j0 + jj);
+      load_row_f32(p.k.data, p.dtype, ko, kr + jj * Dp, D);
+      for (int64_t d = 0; d < D; ++d) kt[d * ld + jj] = kr[jj * Dp + d];
+      load_row_f32(p.v.data, p.dtype, vo, tmp, D);
+      for (int64_t d = 0; d < D; ++d) vt[d * ld + jj] = tmp[d];
+    }
+    for (int64_t d = 0; d < D; ++d)
+      for (int jj = jn; jj < jpad; ++jj) kt[d * ld + jj] = vt[d * ld + jj] = 0.f;
+  }
+
   // One kv block [j0, j0 + jn) of sequence b, kv head g; dQ partial slot c; slope partial sl.
   void kv_block(int64_t b, int64_t g, int64_t c, int64_t j0, int jn, double* sl) {
     const int jpad = int(round_up(jn, 16));
-    // pack K^T, V^T (D x kBk, zero padded to jpad) and K rows (jn x Dp) as fp32
-    for (int jj = 0; jj < jn; ++jj) {
-      const int64_t ko = op_off(p, p.k, true, b, g, j0 + jj), vo = op_off(p, p.v, true, b, g, j0 + jj);
-      load_row_f32(p.k.data, p.dtype, ko, Kr + jj * Dp, D);
-      for (int64_t d = 0; d < D; ++d) KT[d * kLd + jj] = Kr[jj * Dp + d];
-      load_row_f32(p.v.data, p.dtype, vo, tmp, D);
-      for (int64_t d = 0; d < D; ++d) VT[d * kLd + jj] = tmp[d];
-    }
-    for (int64_t d = 0; d < D; ++d)
-      for (int jj = jn; jj < jpad; ++jj) KT[d * kLd + jj] = VT[d * kLd + jj] = 0.f;
+    pack_kv(b, g, j0, jn, jpad, KT, VT, kLd, Kr);
     // k rows with a NaN / Inf leave Kr (the dQ = dS K operand; KT keeps them for S = Q K^T)
     nbadk = 0;
     const uint8_t* kb = sh.kbad.data() + g * sh.Tk + sh.kbase[size_t(b)] + j0;
@@ -678,20 +702,7 @@ struct Worker {
   }
 
   void run_task(const BTask& t, double* sl) {
-    if (t.b >= 0) {
-      const int64_t skv = p.skv[size_t(t.b)];
-      int64_t kb0, kb1;
-      chunk_blocks(nblocks(skv, kBk), sh.plan.C, t.c, &kb0, &kb1);
-      for (int64_t kb = kb0; kb < kb1; ++kb)
-        kv_block(t.b, t.g, t.c, kb * kBk, int(std::min<int64_t>(kBk, skv - kb * kBk)), sl);
-      return;
-    }
-    for (int64_t b = 0; b < p.B; ++b) {
-      const int64_t skv = p.skv[size_t(b)];
-      if (p.sq[size_t(b)] == 0 || skv == 0) continue;
-      for (int64_t kb = 0; kb < nblocks(skv, kBk); ++kb)
-        kv_block(b, t.g, 0, kb * kBk, int(std::min<int64_t>(kBk, skv - kb * kBk)), sl);
-    }
+    for_task_blocks(p, sh, t, kBk, [&](int64_t b, int64_t c, int64_t j0, int jn) { kv_block(b, t.g, c, j0, jn, sl); });
   }
 };
 
