@@ -72,7 +72,7 @@ struct WorkerSuper : Worker<E> {
         const int ni = int(std::min<int64_t>(kBq, ie - i0));
         bool loaded = false;  // Q / dY rows i0 .. i0 + ni copied (on the first key tile that needs them)
         for (int s0 = 0; s0 < jn; s0 += kBk) {
-          const int sn = std::min(kBk, jn - s0), spad = int(round_up(sn, 16));
+          const int sn = std::min(kBk, jn - s0);
           int rlo, rhi;
           this->classify(b, n, i0, ni, j0 + s0, sn, &rlo, &rhi);
           if (rlo >= rhi) continue;
@@ -85,14 +85,25 @@ struct WorkerSuper : Worker<E> {
           }
           const int R = rhi - rlo;
           const int64_t ib = i0 + rlo;
+          // keys [k0, k1) of the tile: outside it the band masks every row of the tile (causal
+          // diagonal tiles), so its P' and dS are 0 there; k0 a multiple of 16 (column padding)
+          int k0 = sn, k1 = 0;
+          for (int r = rlo; r < rhi; ++r)
+            if (cls[r] != kNone) {
+              const RowMeta& m = this->rm[r];
+              k0 = int(std::min<int64_t>(k0, std::max<int64_t>(m.first() - (j0 + s0), 0)));
+              k1 = int(std::max<int64_t>(k1, std::min<int64_t>(m.last_end() - (j0 + s0), sn)));
+            }
+          k0 &= ~15;
+          const int kn = k1 - k0, kpad = int(round_up(kn, 16)), ks = s0 + k0;
           const float *qa = Q + rlo * Dp, *dya = dY + rlo * Dp;
-          E::gemm(R, spad, int(D), qa, Dp, 1, KTs + s0, kLdSup, S, kLd, false);
-          E::gemm(R, spad, int(D), dya, Dp, 1, VTs + s0, kLdSup, dP, kLd, false);
-          this->grad_rows(b, n, g, ib, rlo, R, j0 + s0, sn, S, dP, kLd, sl);
+          E::gemm(R, kpad, int(D), qa, Dp, 1, KTs + ks, kLdSup, S, kLd, false);
+          E::gemm(R, kpad, int(D), dya, Dp, 1, VTs + ks, kLdSup, dP, kLd, false);
+          this->grad_rows(b, n, g, ib, rlo, R, j0 + ks, kn, S, dP, kLd, sl);
           // dV += P'^T dY, dK += (scale dS)^T Q, dQ += (scale dS) K
-          E::gemm(sn, int(D), R, S, 1, kLd, dya, Dp, dVa + s0 * Dp, Dp, true);
-          E::gemm(sn, int(D), R, dP, 1, kLd, qa, Dp, dKa + s0 * Dp, Dp, true);
-          E::gemm(R, int(D), sn, dP, kLd, 1, Krs + s0 * Dp, Dp, sh.dq_row(c, n, b, ib), D, true);
+          E::gemm(kn, int(D), R, S, 1, kLd, dya, Dp, dVa + ks * Dp, Dp, true);
+          E::gemm(kn, int(D), R, dP, 1, kLd, qa, Dp, dKa + ks * Dp, Dp, true);
+          E::gemm(R, int(D), kn, dP, kLd, 1, Krs + ks * Dp, Dp, sh.dq_row(c, n, b, ib), D, true);
         }
       }
       if (sh.ucount[size_t(b * p.N1 + n)] > 0) this->uniform_rows(b, n, j0, jn);
