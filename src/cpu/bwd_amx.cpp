@@ -651,20 +651,7 @@ struct AmxWorker : Worker<AmxBase> {
 
   void run_task(const BTask& t) {
     load_tile_config();
-    if (t.b >= 0) {
-      const int64_t skv = p.skv[size_t(t.b)];
-      int64_t kb0, kb1;
-      chunk_blocks(nblocks(skv, kSup), sh.plan.C, t.c, &kb0, &kb1);
-      for (int64_t kb = kb0; kb < kb1; ++kb)
-        kv_block_amx(t.b, t.g, t.c, kb * kSup, int(std::min<int64_t>(kSup, skv - kb * kSup)));
-    } else {
-      for (int64_t b = 0; b < p.B; ++b) {
-        const int64_t skv = p.skv[size_t(b)];
-        if (p.sq[size_t(b)] == 0 || skv == 0) continue;
-        for (int64_t kb = 0; kb < nblocks(skv, kSup); ++kb)
-          kv_block_amx(b, t.g, 0, kb * kSup, int(std::min<int64_t>(kSup, skv - kb * kSup)));
-      }
-    }
+    for_task_blocks(p, sh, t, kSup, [&](int64_t b, int64_t c, int64_t j0, int jn) { kv_block_amx(b, t.g, c, j0, jn); });
     _tile_release();
   }
 };

@@ -435,10 +435,39 @@ inline void finish_slopes(Shared& sh) {
   for (int64_t e = 0; e < sh.dpse_numel; ++e) out[e] = float(acc[size_t(e)]);
 }
 
+// Calls f(b, c, j0, jn) for the kv blocks [j0, j0 + jn) of Bk keys of task t, in order: the
+// blocks of chunk c of sequence t.b, or (t.b = -1, batch-broadcast pse) every sequence's blocks
+// with slot 0.
+template <class F>
+void for_task_blocks(const Problem& p, const Shared& sh, const BTask& t, int64_t Bk, F&& f) {
+  if (t.b >= 0) {
+    const int64_t skv = p.skv[size_t(t.b)];
+    int64_t kb0, kb1;
+    chunk_blocks(nblocks(skv, Bk), sh.plan.C, t.c, &kb0, &kb1);
+    for (int64_t kb = kb0; kb < kb1; ++kb) f(t.b, t.c, kb * Bk, int(std::min<int64_t>(Bk, skv - kb * Bk)));
+    return;
+  }
+  for (int64_t b = 0; b < p.B; ++b) {
+    const int64_t skv = p.skv[size_t(b)];
+    if (p.sq[size_t(b)] == 0 || skv == 0) continue;
+    for (int64_t kb = 0; kb < nblocks(skv, Bk); ++kb) f(b, int64_t(0), kb * Bk, int(std::min<int64_t>(Bk, skv - kb * Bk)));
+  }
+}
+
 // ---- per-thread worker ------------------------------------------------------------------------
+// The smallest row stride >= n floats that is an odd number of 64-byte lines.
+constexpr int64_t odd_line_stride(int64_t n) {
+  const int64_t lines = (n + 15) / 16;
+  return (lines % 2 == 0 ? lines + 1 : lines) * 16;
+}
+
 template <class E>
 struct Worker {
   static constexpr int kBq = E::kBq, kBk = E::kBk;
+  // Row strides: kLd (S, dP, K^T, V^T) and Dp (K, Q, dY, dK, dV rows) are an odd number of
+  // 64-byte lines, so the rows of a GEMM panel spread over all 64 L1 sets (a 512-byte stride
+  // maps them onto 32 sets and the panel thrashes: dev/bwd_05_fp32_gemm.md).
+  static constexpr int kLd = int(odd_line_stride(kBk));
   const Problem& p;
   Shared& sh;
   int64_t D, Dp;
@@ -449,34 +478,39 @@ struct Worker {
   uint8_t cls[kBq];
   int nbadk = 0, badk[kBk];  // keys of the current block whose k row has a NaN / Inf
 
-  Worker(const Problem& prob, Shared& s) : p(prob), sh(s), D(prob.D), Dp(round_up(prob.D, 16)) {
-    KT = bkt.get<float>(size_t(D * kBk));
-    VT = bvt.get<float>(size_t(D * kBk));
+  Worker(const Problem& prob, Shared& s)
+      : p(prob), sh(s), D(prob.D), Dp(odd_line_stride(prob.D)) {
+    KT = bkt.get<float>(size_t(D * kLd));
+    VT = bvt.get<float>(size_t(D * kLd));
     Kr = bkr.get<float>(size_t(kBk * Dp));
     Q = bq.get<float>(size_t(kBq * Dp));
     dY = bdy.get<float>(size_t(kBq * Dp));
-    S = bs.get<float>(size_t(kBq * kBk));
-    dP = bdp.get<float>(size_t(kBq * kBk));
+    S = bs.get<float>(size_t(kBq * kLd));
+    dP = bdp.get<float>(size_t(kBq * kLd));
     dKa = bdk.get<float>(size_t(kBk * Dp));
     dVa = bdv.get<float>(size_t(kBk * Dp));
     words = bw.get<uint32_t>(size_t(kBk + 16));
     tmp = btmp.get<float>(size_t(Dp));
   }
 
+  // Keys [j0, j0 + jn) of (b, kv head g) as fp32: kt / vt = K^T / V^T [D][ld] (columns jn ..
+  // jpad zero), kr = K rows [jn][Dp].
+  void pack_kv(int64_t b, int64_t g, int64_t j0, int jn, int jpad, float* kt, float* vt, int64_t ld, float* kr) {
+    for (int jj = 0; jj < jn; ++jj) {
+      const int64_t ko = op_off(p, p.k, true, b, g, j0 + jj), vo = op_off(p, p.v, true, b, g, j0 + jj);
+      load_row_f32(p.k.data, p.dtype, ko, kr + jj * Dp, D);
+      for (int64_t d = 0; d < D; ++d) kt[d * ld + jj] = kr[jj * Dp + d];
+      load_row_f32(p.v.data, p.dtype, vo, tmp, D);
+      for (int64_t d = 0; d < D; ++d) vt[d * ld + jj] = tmp[d];
+    }
+    for (int64_t d = 0; d < D; ++d)
+      for (int jj = jn; jj < jpad; ++jj) kt[d * ld + jj] = vt[d * ld + jj] = 0.f;
+  }
+
   // One kv block [j0, j0 + jn) of sequence b, kv head g; dQ (and slope-sum) partial slot c.
   void kv_block(int64_t b, int64_t g, int64_t c, int64_t j0, int jn) {
     const int jpad = int(round_up(jn, 16));
-    const bool f32 = p.dtype == DType::float32;
-    // pack K^T, V^T (D x kBk, zero padded to jpad) and K rows (jn x Dp) as fp32
-    for (int jj = 0; jj < jn; ++jj) {
-      const int64_t ko = op_off(p, p.k, true, b, g, j0 + jj), vo = op_off(p, p.v, true, b, g, j0 + jj);
-      load_row_f32(p.k.data, p.dtype, ko, Kr + jj * Dp, D);
-      for (int64_t d = 0; d < D; ++d) KT[d * kBk + jj] = Kr[jj * Dp + d];
-      load_row_f32(p.v.data, p.dtype, vo, tmp, D);
-      for (int64_t d = 0; d < D; ++d) VT[d * kBk + jj] = tmp[d];
-    }
-    for (int64_t d = 0; d < D; ++d)
-      for (int jj = jn; jj < jpad; ++jj) KT[d * kBk + jj] = VT[d * kBk + jj] = 0.f;
+    pack_kv(b, g, j0, jn, jpad, KT, VT, kLd, Kr);
     // k rows with a NaN / Inf leave Kr (the dQ = dS K operand; KT keeps them for S = Q K^T)
     nbadk = 0;
     const uint8_t* kb = sh.kbad.data() + g * sh.Tk + sh.kbase[size_t(b)] + j0;
@@ -498,26 +532,17 @@ struct Worker {
         if (rlo >= rhi) continue;
         const int R = rhi - rlo;
         const int64_t ib = i0 + rlo;  // first row of the tile
-        // Q and dY rows (fp32: read in place)
-        const float *qa, *dya;
-        int64_t ldq, lddy;
-        if (f32) {
-          qa = static_cast<const float*>(p.q.data) + op_off(p, p.q, false, b, n, ib);
-          dya = static_cast<const float*>(p.dy.data) + op_off(p, p.dy, false, b, n, ib);
-          ldq = p.q.ss;
-          lddy = p.dy.ss;
-        } else {
-          for (int r = 0; r < R; ++r) {
-            load_row_f32(p.q.data, p.dtype, op_off(p, p.q, false, b, n, ib + r), Q + r * Dp, D);
-            load_row_f32(p.dy.data, p.dtype, op_off(p, p.dy, false, b, n, ib + r), dY + r * Dp, D);
-          }
-          qa = Q;
-          dya = dY;
-          ldq = lddy = Dp;
+        // Q and dY rows as fp32 with the padded stride Dp (copied for fp32 too: a GEMM panel
+        // at the input's 2^k-byte row stride thrashes L1)
+        for (int r = 0; r < R; ++r) {
+          load_row_f32(p.q.data, p.dtype, op_off(p, p.q, false, b, n, ib + r), Q + r * Dp, D);
+          load_row_f32(p.dy.data, p.dtype, op_off(p, p.dy, false, b, n, ib + r), dY + r * Dp, D);
         }
-        E::gemm(R, jpad, int(D), qa, ldq, 1, KT, kBk, S, kBk, false);
-        E::gemm(R, jpad, int(D), dya, lddy, 1, VT, kBk, dP, kBk, false);
-        grad_rows(b, n, c, ib, rlo, R, j0, jn, S, dP, kBk);
+        const float *qa = Q, *dya = dY;
+        int64_t ldq = Dp, lddy = Dp;
+        E::gemm(R, jpad, int(D), qa, ldq, 1, KT, kLd, S, kLd, false);
+        E::gemm(R, jpad, int(D), dya, lddy, 1, VT, kLd, dP, kLd, false);
+        grad_rows(b, n, c, ib, rlo, R, j0, jn, S, dP, kLd);
         // q / dy rows with a NaN / Inf leave the dK / dV operands (zeroed copies; S and dP
         // above used them): fix_bad_rows adds their terms where the weight is not 0
         bool qb = false, dyb = false;
@@ -528,10 +553,10 @@ struct Worker {
         if (qb) qa = zero_bad_rows(sh.qbad, n, b, ib, R, qa, ldq, Q, &ldq);
         if (dyb) dya = zero_bad_rows(sh.dybad, n, b, ib, R, dya, lddy, dY, &lddy);
         // dV += P'^T dY, dK += (scale dS)^T Q, dQ += (scale dS) K
-        E::gemm(jn, int(D), R, S, 1, kBk, dya, lddy, dVa, Dp, true);
-        E::gemm(jn, int(D), R, dP, 1, kBk, qa, ldq, dKa, Dp, true);
-        E::gemm(R, int(D), jn, dP, kBk, 1, Kr, Dp, sh.dq_row(c, n, b, ib), D, true);
-        if (qb | dyb | (nbadk > 0)) fix_bad_rows(b, n, g, c, ib, R, j0, jn, S, dP, kBk, qb, dyb);
+        E::gemm(jn, int(D), R, S, 1, kLd, dya, lddy, dVa, Dp, true);
+        E::gemm(jn, int(D), R, dP, 1, kLd, qa, ldq, dKa, Dp, true);
+        E::gemm(R, int(D), jn, dP, kLd, 1, Kr, Dp, sh.dq_row(c, n, b, ib), D, true);
+        if (qb | dyb | (nbadk > 0)) fix_bad_rows(b, n, g, c, ib, R, j0, jn, S, dP, kLd, qb, dyb);
       }
       if (sh.ucount[size_t(b * p.N1 + n)] > 0) uniform_rows(b, n, j0, jn);
     }
@@ -708,20 +733,7 @@ struct Worker {
   }
 
   void run_task(const BTask& t) {
-    if (t.b >= 0) {
-      const int64_t skv = p.skv[size_t(t.b)];
-      int64_t kb0, kb1;
-      chunk_blocks(nblocks(skv, kBk), sh.plan.C, t.c, &kb0, &kb1);
-      for (int64_t kb = kb0; kb < kb1; ++kb)
-        kv_block(t.b, t.g, t.c, kb * kBk, int(std::min<int64_t>(kBk, skv - kb * kBk)));
-      return;
-    }
-    for (int64_t b = 0; b < p.B; ++b) {
-      const int64_t skv = p.skv[size_t(b)];
-      if (p.sq[size_t(b)] == 0 || skv == 0) continue;
-      for (int64_t kb = 0; kb < nblocks(skv, kBk); ++kb)
-        kv_block(b, t.g, 0, kb * kBk, int(std::min<int64_t>(kBk, skv - kb * kBk)));
-    }
+    for_task_blocks(p, sh, t, kBk, [&](int64_t b, int64_t c, int64_t j0, int jn) { kv_block(b, t.g, c, j0, jn); });
   }
 };
 
