@@ -31,10 +31,10 @@
 // rows would be mostly padding, and the pre-pack would not amortise); bf16 decode shapes (2..16
 // rows per kv head, D % 32 == 0) use EngineDecodeAmx below (no pre-pack: K rows are the A operand).
 //
-// Tiles: kBq 256 rows x kBk 256 keys: S 256 KiB + P 128 KiB + O 128 KiB (D=128) + Q 64 KiB
-// per core (2 MiB L2). 256 rows per pass over K/V: 4x128 rows x 2 B/key-elem K+V stream is
-// ~0.1 ms per task from L3 against ~0.27 ms of AMX work (machine-limits.md: Bq >= 100-128
-// needed when K/V come from L3).
+// Tiles: kBq 256 rows x kBk 256 keys: S 256 KiB (bf16 / fp16: P written over it; fp32: + P
+// 384 KiB) + O 128 KiB (D=128) + Q 64 KiB per core (2 MiB L2). 256 rows per pass over K/V:
+// 4x128 rows x 2 B/key-elem K+V stream is ~0.1 ms per task from L3 against ~0.27 ms of AMX
+// work (machine-limits.md: Bq >= 100-128 needed when K/V come from L3).
 #if defined(__x86_64__) || defined(_M_X64)  // x86-only file (the registry lists it only there)
 #define SA_NS fwd_amx_ns
 #include "cpu/fwd_driver.h"
@@ -269,7 +269,7 @@ struct EngineAmx {
   Buf bq, bs, bp, bo, btmp, blk, blv;  // blk, blv: the block's K/V parts (Shared::local)
   uint16_t* Qb;  // [kParts][kBq][Dp32] bf16 parts of Q
   float* S;      // [kBq][kBk]
-  uint16_t* P;   // [kPParts][kBq][kBk] bf16 parts of P
+  uint16_t* P;   // kPParts 3: [3][kBq][kBk] bf16 parts of P; kPParts 2: none, P is written over S
   float* O;      // [kBq][Dp16]
   float *tmp, *tmp2;
   const uint32_t* kcur[kParts] = {};  // K / V packs of each part at the block's first key
@@ -287,13 +287,21 @@ struct EngineAmx {
       : sh(s), D(p.D), Dp32(round_up(p.D, 32)), Dp16(round_up(p.D, 16)) {
     Qb = bq.get<uint16_t>(size_t(kParts * kBq * Dp32));
     S = bs.get<float>(size_t(kBq * kBk));
-    P = bp.get<uint16_t>(size_t(kPParts * kBq * kBk));
+    if (!kPInS) P = bp.get<uint16_t>(size_t(kPParts * kBq * kBk));
     O = bo.get<float>(size_t(kBq * Dp16));
     tmp = btmp.get<float>(size_t(2 * Dp16));
     tmp2 = tmp + Dp16;
   }
   uint16_t* qpart(int i) const { return Qb + i * kBq * Dp32; }
-  uint16_t* ppart(int i) const { return P + i * kBq * kBk; }
+  // P in place over S (kPParts 2): the 128 B of S[r][j, j + 32) take Ph[r][j, j + 32) then
+  // Pl[r][j, j + 32) (exp_row reads a 32-key chunk before it writes it), so a strip's S and P
+  // share one 32 KiB footprint; A tiles of part i: 16 rows x 64 B at the S row stride. The
+  // three fp32 parts (192 B per 32 keys) keep a separate [3][kBq][kBk] buffer.
+  static constexpr bool kPInS = kPParts == 2;
+  static constexpr int64_t kPRowBytes = kPInS ? kBk * 4 : kBk * 2;
+  uint16_t* ppart(int i, int r, int j) const {  // part i of P[r][j, j + 32), j % 32 == 0
+    return kPInS ? reinterpret_cast<uint16_t*>(S + r * kBk + j) + 32 * i : P + (i * kBq + r) * kBk + j;
+  }
   // Rows per QK/softmax/PV strip: the whole q-block. 32-row strips (S of a strip in L1) were
   // slower: qk 60->68, softmax 74->79, pv 61->89 ms thread-CPU (dev/03_amx_strips.txt).
 #ifndef SA_AMX_OVERLAP
@@ -309,6 +317,10 @@ struct EngineAmx {
 #define SA_AMX_FINE 1
 #endif
   static constexpr int kRowsPerStep = SA_AMX_FINE ? 1 : 2;
+  // SA_AMX_FINE: one softmax row per kQkStep passes (4 TDPs each) of QK and per kPvStep of PV.
+  // bf16 3 / 2 (12 / 8 TDPs: fewer rows during QK, all the rest early in PV) against 2 / 4:
+  // +2-3% per CPU-second (dev/16); fp16 / fp32 (longer tile work per row) keep 2 / 4.
+  static constexpr int kQkStep = kParts == 1 ? 3 : 2, kPvStep = kParts == 1 ? 2 : 4;
   RowMeta* meta() { return meta_; }
   float* mvec() { return m_; }
   float* lvec() { return l_; }
@@ -323,7 +335,7 @@ struct EngineAmx {
   const int* bad_v() const { return bad_; }
   float p_at(int r, int jj) const {  // exact: the parts' sum is the fp32 p (kPParts 2: to ~2^-16)
     float s = 0.f;
-    for (int i = 0; i < kPParts; ++i) s += bf16_to_f(ppart(i)[r * kBk + jj]);
+    for (int i = 0; i < kPParts; ++i) s += bf16_to_f(ppart(i, r, jj & ~31)[jj & 31]);
     return s;
   }
   static int64_t opos(int64_t d) { return d; }
@@ -424,7 +436,7 @@ struct EngineAmx {
 
   // S[r, r + 16 or 32)[0, jl) = sum of the T::qk passes: 2x2 blocking of 16x16 fp32 C tiles
   // (rows x keys 32 x 32; 16 x 32 when !two), TDPBF16PS over D, per 32 d the terms in order;
-  // step() every 2 terms (SA_AMX_FINE) or per 32 keys.
+  // step() every kQkStep terms (SA_AMX_FINE) or per 32 keys.
   template <class F>
   void qk_rows(int r, bool two, int jl, F& step) {
     const int64_t qs = Dp32 * 2, kbs = (Dp32 / 2) * 16;
@@ -449,7 +461,7 @@ struct EngineAmx {
                     if (i) _tile_loadd(7, kb + kbs, 64);
                     else _tile_loadd(6, kb, 64);
                   });
-          if (SA_AMX_FINE && ++n % 2 == 0) step();
+          if (SA_AMX_FINE && ++n % kQkStep == 0) step();
         }
       }
       float* s = S + r * kBk + j;
@@ -463,11 +475,11 @@ struct EngineAmx {
     }
   }
   // O[r, r + 16 or 32)[0, Dp16) += sum of the T::pv passes over keys [0, jl): 2x2 blocking
-  // (rows x d 32 x 32), O tiles loaded and stored once per 32 d; step() every 4 terms
+  // (rows x d 32 x 32), O tiles loaded and stored once per 32 d; step() every kPvStep terms
   // (SA_AMX_FINE) or 8.
   template <class F>
   void pv_rows(int r, bool two, int jl, F& step) {
-    const int64_t os = Dp16 * 4, ps = kBk * 2;
+    const int64_t os = Dp16 * 4, ps = kPRowBytes;
     int n = 0;
     for (int64_t d = 0; d < Dp16; d += 32) {
       const bool twod = d + 32 <= Dp16;
@@ -480,18 +492,18 @@ struct EngineAmx {
 #pragma GCC unroll 8
         for (int t = 0; t < kNpv; ++t) {
           const Term tm = T::pv[t];
-          const uint16_t* pa = ppart(tm.a) + r * kBk + k;
+          const uint16_t* pa = ppart(tm.a, r, k);
           const uint32_t* vb = vcur[tm.b] + (k / 32) * (Dp16 / 16) * 256 + (d / 16) * 256;
           pass2x2(t == 0 || tm.a != T::pv[t - 1].a, t == 0 || tm.b != T::pv[t - 1].b, two, twod,
                   [&](int i) {
-                    if (i) _tile_loadd(5, pa + 16 * kBk, ps);
+                    if (i) _tile_loadd(5, pa + 16 * ps / 2, ps);
                     else _tile_loadd(4, pa, ps);
                   },
                   [&](int i) {
                     if (i) _tile_loadd(7, vb + 256, 64);
                     else _tile_loadd(6, vb, 64);
                   });
-          if (++n % (SA_AMX_FINE ? 4 : 8) == 0) step();
+          if (++n % (SA_AMX_FINE ? kPvStep : 8) == 0) step();
         }
       }
       _tile_stored(0, o, os);
@@ -533,7 +545,7 @@ struct EngineAmx {
     const int jn32 = int(round_up(jn, 32));
     for (int i = 0; i < kPParts; ++i)
       for (int j = int(round_up(from, 32)); j < jn32; j += 32)
-        _mm512_storeu_si512(ppart(i) + r * kBk + j, _mm512_setzero_si512());
+        _mm512_storeu_si512(ppart(i, r, j), _mm512_setzero_si512());
   }
   float row_max(const float* s, int jn) { return row_max_avx512(s, jn); }
   float logits_row(const Problem& p, const RowMeta& rm, float* s, int64_t j0, int jn) {
@@ -553,7 +565,7 @@ struct EngineAmx {
                                            27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
     const __m512 mask = _mm512_castsi512_ps(_mm512_set1_epi32(int32_t(0xffff0000u)));
     for (int i = 0; i < kPParts; ++i) {
-      uint16_t* dst = ppart(i) + r * kBk + j;
+      uint16_t* dst = ppart(i, r, j);
       if (i == 1 && kPParts == 2) {
         const __m512bh pl = _mm512_cvtne2ps_pbh(p1, p0);
         _mm512_storeu_si512(dst, reinterpret_cast<const __m512i&>(pl));
