@@ -180,8 +180,8 @@ inline void amx_dsum(Shared& sh, int64_t b, int64_t n) {
       }
     }
     const int64_t row = sh.qpbase[size_t(b)] + i0;
-    amx_gemm(32, 32, int(D), sh.dyc.data() + o + row * D, D * 2, oh.data(), 32 * 4, c.data(), 32 * 4, false,
-             sh.dycl.data() + o + row * D, ol.data(), true);
+    amx_gemm(32, 32, int(D), sh.dyc + o + row * D, D * 2, oh.data(), 32 * 4, c.data(), 32 * 4, false,
+             sh.dycl + o + row * D, ol.data(), true);
     for (int64_t j = 0; j < rn; ++j) {
       float& ds = sh.dsum[sh.ri(n, b, i0 + j)];
       if (std::isfinite(ds)) ds = c[size_t(j * 33)];
@@ -204,34 +204,34 @@ inline void amx_prepare(Shared& sh) {
   }
   sh.Tqp = t + 32;  // slack: tiles starting at any row stay in bounds
   const size_t n = size_t(p.N1 * sh.Tqp * D);
-  sh.qc.assign(n, 0);
-  sh.dyc.assign(n, 0);
-  sh.qt.assign(n, 0);
-  sh.dyt.assign(n, 0);
+  sh.qc = sh.bqc.get<uint16_t>(n, false);
+  sh.dyc = sh.bdyc.get<uint16_t>(n, false);
+  sh.qt = sh.bqt.get<uint16_t>(n, false);
+  sh.dyt = sh.bdyt.get<uint16_t>(n, false);
   if (kF16) {
-    sh.qcl.assign(n, 0);
-    sh.dycl.assign(n, 0);
-    sh.qtl.assign(n, 0);
-    sh.dytl.assign(n, 0);
+    sh.qcl = sh.bqcl.get<uint16_t>(n, false);
+    sh.dycl = sh.bdycl.get<uint16_t>(n, false);
+    sh.qtl = sh.bqtl.get<uint16_t>(n, false);
+    sh.dytl = sh.bdytl.get<uint16_t>(n, false);
   }
   parallel_for(p.B * p.N1, [&](int64_t task, int) {
     const int64_t b = task / p.N1, hn = task % p.N1, sq = p.sq[size_t(b)];
     const uint16_t* q = static_cast<const uint16_t*>(p.q.data);
     const uint16_t* dy = static_cast<const uint16_t*>(p.dy.data);
     const size_t o = size_t(hn * sh.Tqp * D);
-    uint16_t* qc = sh.qc.data() + o;
-    uint16_t* dyc = sh.dyc.data() + o;
-    uint16_t* qt = sh.qt.data() + o;
-    uint16_t* dyt = sh.dyt.data() + o;
+    uint16_t* qc = sh.qc + o;
+    uint16_t* dyc = sh.dyc + o;
+    uint16_t* qt = sh.qt + o;
+    uint16_t* dyt = sh.dyt + o;
     for (int64_t i = 0; i < sq; ++i) {
       const int64_t row = sh.qpbase[size_t(b)] + i;
       const uint16_t* qs = q + op_off(p, p.q, false, b, hn, i);
       const uint16_t* ds = dy + op_off(p, p.dy, false, b, hn, i);
       if constexpr (kF16) {
-        uint16_t* qcl = sh.qcl.data() + o;
-        uint16_t* dycl = sh.dycl.data() + o;
-        uint16_t* qtl = sh.qtl.data() + o;
-        uint16_t* dytl = sh.dytl.data() + o;
+        uint16_t* qcl = sh.qcl + o;
+        uint16_t* dycl = sh.dycl + o;
+        uint16_t* qtl = sh.qtl + o;
+        uint16_t* dytl = sh.dytl + o;
         split_fp16(qs, qc + row * D, qcl + row * D, D);
         split_fp16(ds, dyc + row * D, dycl + row * D, D);
         for (int64_t d = 0; d < D; ++d) {
@@ -249,6 +249,13 @@ inline void amx_prepare(Shared& sh) {
         }
       }
     }
+    // padding rows up to the next sequence (or the end, slack included) are zero
+    const int64_t pa = sh.qpbase[size_t(b)] + sq, pe = b + 1 < p.B ? sh.qpbase[size_t(b) + 1] : sh.Tqp;
+    for (uint16_t* buf : {sh.qc, sh.dyc, sh.qcl, sh.dycl})
+      if (buf) std::memset(buf + o + pa * D, 0, size_t((pe - pa) * D) * 2);
+    for (uint16_t* buf : {sh.qt, sh.dyt, sh.qtl, sh.dytl})
+      if (buf)
+        for (int64_t d = 0; d < D; ++d) std::memset(buf + o + d * sh.Tqp + pa, 0, size_t(pe - pa) * 2);
     if constexpr (kF16) amx_dsum(sh, b, hn);
   });
 }
@@ -578,14 +585,14 @@ struct AmxWorker : Worker<AmxBase> {
     rows_for_keys(p, b, j0, j0 + jn, &ia, &ie);
     const int64_t Tqp = sh.Tqp;
     for (int64_t n = g * p.G; n < (g + 1) * p.G; ++n) {
-      const uint16_t* qc = sh.qc.data() + n * Tqp * D;
-      const uint16_t* dyc = sh.dyc.data() + n * Tqp * D;
-      const uint16_t* qt = sh.qt.data() + n * D * Tqp;
-      const uint16_t* dyt = sh.dyt.data() + n * D * Tqp;
-      const uint16_t* qcl = kF16 ? sh.qcl.data() + n * Tqp * D : nullptr;
-      const uint16_t* dycl = kF16 ? sh.dycl.data() + n * Tqp * D : nullptr;
-      const uint16_t* qtl = kF16 ? sh.qtl.data() + n * D * Tqp : nullptr;
-      const uint16_t* dytl = kF16 ? sh.dytl.data() + n * D * Tqp : nullptr;
+      const uint16_t* qc = sh.qc + n * Tqp * D;
+      const uint16_t* dyc = sh.dyc + n * Tqp * D;
+      const uint16_t* qt = sh.qt + n * D * Tqp;
+      const uint16_t* dyt = sh.dyt + n * D * Tqp;
+      const uint16_t* qcl = kF16 ? sh.qcl + n * Tqp * D : nullptr;
+      const uint16_t* dycl = kF16 ? sh.dycl + n * Tqp * D : nullptr;
+      const uint16_t* qtl = kF16 ? sh.qtl + n * D * Tqp : nullptr;
+      const uint16_t* dytl = kF16 ? sh.dytl + n * D * Tqp : nullptr;
       for (int64_t i0 = ia; i0 < ie; i0 += kBq) {
         const int ni = int(std::min<int64_t>(kBq, ie - i0));
         int zlo = 0, zhi = 0;  // dQl rows holding values (relative to i0)

@@ -282,7 +282,10 @@ struct Shared {
   }
   std::vector<int64_t> ucount;  // uniform rows per (b, n)
   std::vector<float> uvec;      // (no dropout) sum over uniform rows of dy / sum, per (b, n): D floats
-  std::vector<float> dq_acc;    // C x N1 x Tq x D
+  // C x N1 x Tq x D, uninitialised here (precompute zeroes it in parallel: a serial zero fill
+  // of fresh pages cost ~15% of a bf16 call, dev/bwd_06_cold_calls.md)
+  Buf bdq;
+  float* dq_acc = nullptr;
   // dpse
   float* dpse = nullptr;        // fp32 accumulation (tensor pse)
   std::vector<float> dpse_own;
@@ -294,13 +297,16 @@ struct Shared {
   // rows of slack at the end): Qc/dYc [n][Tqp][D], QT/dYT [n][D][Tqp].
   std::vector<int64_t> qpbase;
   int64_t Tqp = 0;
-  std::vector<uint16_t> qc, dyc, qt, dyt;
+  // Uninitialised buffers: the parallel prepare step writes every row, padding included.
+  Buf bqc, bdyc, bqt, bdyt;
+  uint16_t *qc = nullptr, *dyc = nullptr, *qt = nullptr, *dyt = nullptr;
   // float16 inputs (bwd_amx_fp16): the exact lo bf16 halves (x = hi + lo) of the same four.
-  std::vector<uint16_t> qcl, dycl, qtl, dytl;
+  Buf bqcl, bdycl, bqtl, bdytl;
+  uint16_t *qcl = nullptr, *dycl = nullptr, *qtl = nullptr, *dytl = nullptr;
   explicit Shared(const Problem& prob) : p(prob) {}
   size_t ri(int64_t n, int64_t b, int64_t i) const { return size_t(n * plan.Tq + plan.qbase[size_t(b)] + i); }
   float* dq_row(int64_t c, int64_t n, int64_t b, int64_t i) {
-    return dq_acc.data() + ((c * p.N1 + n) * plan.Tq + plan.qbase[size_t(b)] + i) * D;
+    return dq_acc + ((c * p.N1 + n) * plan.Tq + plan.qbase[size_t(b)] + i) * D;
   }
   SlopeRowSums* slope_row(int64_t c, int64_t n, int64_t b, int64_t i) {
     return slope_rows.data() + (c * p.N1 + n) * plan.Tq + plan.qbase[size_t(b)] + i;
@@ -795,7 +801,7 @@ void backward_with(const Problem& p, int64_t Bk, Prepare&& prepare) {
   sh.kbad.assign(size_t(p.N2 * sh.Tk), 0);
   sh.ucount.assign(size_t(p.B * p.N1), 0);
   sh.uvec.assign(size_t(p.B * p.N1 * p.D), 0.f);
-  sh.dq_acc.resize(size_t(sh.plan.C) * rows * size_t(p.D));
+  sh.dq_acc = sh.bdq.get<float>(size_t(sh.plan.C) * rows * size_t(p.D), false);
   precompute(sh);
   prepare(sh);
 
