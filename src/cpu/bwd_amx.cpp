@@ -204,15 +204,15 @@ inline void amx_prepare(Shared& sh) {
   }
   sh.Tqp = t + 32;  // slack: tiles starting at any row stay in bounds
   const size_t n = size_t(p.N1 * sh.Tqp * D);
-  sh.qc = sh.bqc.get<uint16_t>(n, false);
-  sh.dyc = sh.bdyc.get<uint16_t>(n, false);
-  sh.qt = sh.bqt.get<uint16_t>(n, false);
-  sh.dyt = sh.bdyt.get<uint16_t>(n, false);
+  sh.qc = sh.bqc.get<uint16_t>(n);
+  sh.dyc = sh.bdyc.get<uint16_t>(n);
+  sh.qt = sh.bqt.get<uint16_t>(n);
+  sh.dyt = sh.bdyt.get<uint16_t>(n);
   if (kF16) {
-    sh.qcl = sh.bqcl.get<uint16_t>(n, false);
-    sh.dycl = sh.bdycl.get<uint16_t>(n, false);
-    sh.qtl = sh.bqtl.get<uint16_t>(n, false);
-    sh.dytl = sh.bdytl.get<uint16_t>(n, false);
+    sh.qcl = sh.bqcl.get<uint16_t>(n);
+    sh.dycl = sh.bdycl.get<uint16_t>(n);
+    sh.qtl = sh.bqtl.get<uint16_t>(n);
+    sh.dytl = sh.bdytl.get<uint16_t>(n);
   }
   parallel_for(p.B * p.N1, [&](int64_t task, int) {
     const int64_t b = task / p.N1, hn = task % p.N1, sq = p.sq[size_t(b)];
