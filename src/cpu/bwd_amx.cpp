@@ -597,10 +597,11 @@ struct AmxWorker : Worker<AmxBase> {
         const int ni = int(std::min<int64_t>(kBq, ie - i0));
         int zlo = 0, zhi = 0;  // dQl rows holding values (relative to i0)
         int qlo = kBq, qhi = 0;
+        row_metas(b, n, i0, ni);
         for (int s0 = 0; s0 < jn; s0 += kSub) {
           const int sn = std::min(kSub, jn - s0), sp = int(round_up(sn, 32));
           int rlo, rhi;
-          classify(b, n, i0, ni, j0 + s0, sn, &rlo, &rhi);
+          classify_keys(ni, j0 + s0, sn, &rlo, &rhi);
           if (rlo >= rhi) continue;
           const int R = rhi - rlo, Rp = int(round_up(R, 32));
           const int64_t ib = i0 + rlo, prow = sh.qpbase[size_t(b)] + ib;

@@ -546,7 +546,7 @@ struct Worker {
   float *KT, *VT, *Kr, *Q, *dY, *S, *dP, *dKa, *dVa, *tmp;
   uint32_t* words;
   RowMeta rm[kBq];
-  uint8_t cls[kBq];
+  uint8_t cls[kBq], rnormal[kBq];
   int nbadk = 0, badk[kBk];  // keys of the current block whose k row has a NaN / Inf
 
   Worker(const Problem& prob, Shared& s)
@@ -687,12 +687,26 @@ struct Worker {
   // kept key or not a normal row; kFull; kPartial) with their RowMeta in rm[]; [rlo, rhi) is
   // the range of rows that are not kNone (empty: rlo >= rhi).
   void classify(int64_t b, int64_t n, int64_t i0, int ni, int64_t j0, int jn, int* rlo_out, int* rhi_out) {
+    row_metas(b, n, i0, ni);
+    classify_keys(ni, j0, jn, rlo_out, rhi_out);
+  }
+
+  // The key-independent half of classify: which rows i0 .. i0+ni of (b, n) are normal (rnormal)
+  // and their RowMeta (rm). A q tile computes them once for all its key tiles.
+  void row_metas(int64_t b, int64_t n, int64_t i0, int ni) {
+    for (int r = 0; r < ni; ++r) {
+      rnormal[r] = sh.kind[sh.ri(n, b, i0 + r)] == kRowNormal;
+      if (rnormal[r]) rm[r] = make_row_meta(p, b, n, i0 + r);
+    }
+  }
+
+  // The rows of the last row_metas against keys [j0, j0+jn): cls[] and [rlo, rhi) as classify.
+  void classify_keys(int ni, int64_t j0, int jn, int* rlo_out, int* rhi_out) {
     const bool has_mask = p.mask.data != nullptr;
     int rlo = ni, rhi = 0;
     for (int r = 0; r < ni; ++r) {
       uint8_t cl = kNone;
-      if (sh.kind[sh.ri(n, b, i0 + r)] == kRowNormal) {
-        rm[r] = make_row_meta(p, b, n, i0 + r);
+      if (rnormal[r]) {
         cl = band_class(rm[r], j0, j0 + jn);
         if (cl != kNone && has_mask) {
           const int ms = mask_scan(rm[r].mrow + j0 * p.mask.sj, p.mask.sj, jn);
