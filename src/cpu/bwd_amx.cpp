@@ -33,6 +33,8 @@
 #include <immintrin.h>
 #include <unistd.h>
 
+#include <utility>
+
 #define SA_NS bwd_amx_ns
 #include "cpu/bwd_driver.h"
 #include "cpu/bwd_kernels.h"
@@ -180,77 +182,14 @@ inline void amx_dsum(Shared& sh, int64_t b, int64_t n) {
       }
     }
     const int64_t row = sh.qpbase[size_t(b)] + i0;
-    amx_gemm(32, 32, int(D), sh.dyc.data() + o + row * D, D * 2, oh.data(), 32 * 4, c.data(), 32 * 4, false,
-             sh.dycl.data() + o + row * D, ol.data(), true);
+    amx_gemm(32, 32, int(D), sh.dyc + o + row * D, D * 2, oh.data(), 32 * 4, c.data(), 32 * 4, false,
+             sh.dycl + o + row * D, ol.data(), true);
     for (int64_t j = 0; j < rn; ++j) {
       float& ds = sh.dsum[sh.ri(n, b, i0 + j)];
       if (std::isfinite(ds)) ds = c[size_t(j * 33)];
     }
   }
   _tile_release();
-}
-
-// Packs Qc / dYc / QT / dYT (see Shared) in parallel over (b, n); kF16: their hi halves
-// there and the lo halves in Qcl / dYcl / QTl / dYTl.
-template <bool kF16>
-inline void amx_prepare(Shared& sh) {
-  const Problem& p = sh.p;
-  const int64_t D = p.D;
-  sh.qpbase.resize(size_t(p.B));
-  int64_t t = 0;
-  for (int64_t b = 0; b < p.B; ++b) {
-    sh.qpbase[size_t(b)] = t;
-    t += round_up(p.sq[size_t(b)], 32);
-  }
-  sh.Tqp = t + 32;  // slack: tiles starting at any row stay in bounds
-  const size_t n = size_t(p.N1 * sh.Tqp * D);
-  sh.qc.assign(n, 0);
-  sh.dyc.assign(n, 0);
-  sh.qt.assign(n, 0);
-  sh.dyt.assign(n, 0);
-  if (kF16) {
-    sh.qcl.assign(n, 0);
-    sh.dycl.assign(n, 0);
-    sh.qtl.assign(n, 0);
-    sh.dytl.assign(n, 0);
-  }
-  parallel_for(p.B * p.N1, [&](int64_t task, int) {
-    const int64_t b = task / p.N1, hn = task % p.N1, sq = p.sq[size_t(b)];
-    const uint16_t* q = static_cast<const uint16_t*>(p.q.data);
-    const uint16_t* dy = static_cast<const uint16_t*>(p.dy.data);
-    const size_t o = size_t(hn * sh.Tqp * D);
-    uint16_t* qc = sh.qc.data() + o;
-    uint16_t* dyc = sh.dyc.data() + o;
-    uint16_t* qt = sh.qt.data() + o;
-    uint16_t* dyt = sh.dyt.data() + o;
-    for (int64_t i = 0; i < sq; ++i) {
-      const int64_t row = sh.qpbase[size_t(b)] + i;
-      const uint16_t* qs = q + op_off(p, p.q, false, b, hn, i);
-      const uint16_t* ds = dy + op_off(p, p.dy, false, b, hn, i);
-      if constexpr (kF16) {
-        uint16_t* qcl = sh.qcl.data() + o;
-        uint16_t* dycl = sh.dycl.data() + o;
-        uint16_t* qtl = sh.qtl.data() + o;
-        uint16_t* dytl = sh.dytl.data() + o;
-        split_fp16(qs, qc + row * D, qcl + row * D, D);
-        split_fp16(ds, dyc + row * D, dycl + row * D, D);
-        for (int64_t d = 0; d < D; ++d) {
-          qt[d * sh.Tqp + row] = qc[row * D + d];
-          dyt[d * sh.Tqp + row] = dyc[row * D + d];
-          qtl[d * sh.Tqp + row] = qcl[row * D + d];
-          dytl[d * sh.Tqp + row] = dycl[row * D + d];
-        }
-      } else {
-        std::memcpy(qc + row * D, qs, size_t(D) * 2);
-        std::memcpy(dyc + row * D, ds, size_t(D) * 2);
-        for (int64_t d = 0; d < D; ++d) {
-          qt[d * sh.Tqp + row] = qs[d];
-          dyt[d * sh.Tqp + row] = ds[d];
-        }
-      }
-    }
-    if constexpr (kF16) amx_dsum(sh, b, hn);
-  });
 }
 
 // 16 x 16 transpose of 32-bit elements: dst[c * ldd + r] = src[r][c] for rows src[0..15]
@@ -283,6 +222,85 @@ inline void transpose16x16(const float* const src[16], float* dst, int64_t ldd) 
     _mm512_storeu_ps(dst + (4 + k) * ldd, _mm512_shuffle_f32x4(b, d, 0x88));   // column 4 + k
     _mm512_storeu_ps(dst + (12 + k) * ldd, _mm512_shuffle_f32x4(b, d, 0xDD));  // column 12 + k
   }
+}
+
+// 32 x 32 transpose of 16-bit elements: dst[c * ldd + r] = src[r * lds + c], r, c < 32. The
+// rows as dwords (column pairs) through two 16 x 16 dword transposes, then the pair halves of
+// rows 0-15 and 16-31 gathered into columns 2p / 2p + 1.
+inline void transpose32x32_16(const uint16_t* src, int64_t lds, uint16_t* dst, int64_t ldd) {
+  alignas(64) float ta[16 * 16], tb[16 * 16];  // [pair p][row r]
+  const float* ra[16];
+  const float* rb[16];
+  for (int i = 0; i < 16; ++i) {
+    ra[i] = reinterpret_cast<const float*>(src + i * lds);
+    rb[i] = reinterpret_cast<const float*>(src + (16 + i) * lds);
+  }
+  transpose16x16(ra, ta, 16);
+  transpose16x16(rb, tb, 16);
+  const __m512i even = _mm512_set_epi16(62, 60, 58, 56, 54, 52, 50, 48, 46, 44, 42, 40, 38, 36, 34, 32, 30, 28, 26,
+                                        24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+  const __m512i odd = _mm512_add_epi16(even, _mm512_set1_epi16(1));
+  for (int pr = 0; pr < 16; ++pr) {
+    const __m512i a = _mm512_load_si512(ta + pr * 16), b = _mm512_load_si512(tb + pr * 16);
+    _mm512_storeu_si512(dst + (2 * pr) * ldd, _mm512_permutex2var_epi16(a, even, b));
+    _mm512_storeu_si512(dst + (2 * pr + 1) * ldd, _mm512_permutex2var_epi16(a, odd, b));
+  }
+}
+
+// Packs Qc / dYc / QT / dYT (see Shared) in parallel over (b, n); kF16: their hi halves
+// there and the lo halves in Qcl / dYcl / QTl / dYTl.
+template <bool kF16>
+inline void amx_prepare(Shared& sh) {
+  const Problem& p = sh.p;
+  const int64_t D = p.D;
+  sh.qpbase.resize(size_t(p.B));
+  int64_t t = 0;
+  for (int64_t b = 0; b < p.B; ++b) {
+    sh.qpbase[size_t(b)] = t;
+    t += round_up(p.sq[size_t(b)], 32);
+  }
+  sh.Tqp = t + 32;  // slack: tiles starting at any row stay in bounds
+  const size_t n = size_t(p.N1 * sh.Tqp * D);
+  sh.qc = sh.bqc.get<uint16_t>(n);
+  sh.dyc = sh.bdyc.get<uint16_t>(n);
+  sh.qt = sh.bqt.get<uint16_t>(n);
+  sh.dyt = sh.bdyt.get<uint16_t>(n);
+  if (kF16) {
+    sh.qcl = sh.bqcl.get<uint16_t>(n);
+    sh.dycl = sh.bdycl.get<uint16_t>(n);
+    sh.qtl = sh.bqtl.get<uint16_t>(n);
+    sh.dytl = sh.bdytl.get<uint16_t>(n);
+  }
+  parallel_for(p.B * p.N1, [&](int64_t task, int) {
+    const int64_t b = task / p.N1, hn = task % p.N1, sq = p.sq[size_t(b)];
+    const uint16_t* q = static_cast<const uint16_t*>(p.q.data);
+    const uint16_t* dy = static_cast<const uint16_t*>(p.dy.data);
+    const size_t o = size_t(hn * sh.Tqp * D);
+    const int64_t r0 = sh.qpbase[size_t(b)];
+    for (int64_t i = 0; i < sq; ++i) {
+      const int64_t row = (r0 + i) * D;
+      const uint16_t* qs = q + op_off(p, p.q, false, b, hn, i);
+      const uint16_t* ds = dy + op_off(p, p.dy, false, b, hn, i);
+      if constexpr (kF16) {
+        split_fp16(qs, sh.qc + o + row, sh.qcl + o + row, D);
+        split_fp16(ds, sh.dyc + o + row, sh.dycl + o + row, D);
+      } else {
+        std::memcpy(sh.qc + o + row, qs, size_t(D) * 2);
+        std::memcpy(sh.dyc + o + row, ds, size_t(D) * 2);
+      }
+    }
+    // padding rows up to the next sequence (or the end, slack included) are zero; the
+    // transposes then cover whole 32-row blocks
+    const int64_t pa = r0 + sq, pe = b + 1 < p.B ? sh.qpbase[size_t(b) + 1] : sh.Tqp;
+    const std::pair<uint16_t*, uint16_t*> rt[4] = {{sh.qc, sh.qt}, {sh.dyc, sh.dyt}, {sh.qcl, sh.qtl}, {sh.dycl, sh.dytl}};
+    for (const auto& [rows, cols] : rt) {
+      if (!rows) continue;
+      std::memset(rows + o + pa * D, 0, size_t((pe - pa) * D) * 2);
+      for (int64_t r = r0; r < pe; r += 32)
+        for (int64_t d = 0; d < D; d += 32) transpose32x32_16(rows + o + r * D + d, D, cols + o + d * sh.Tqp + r, sh.Tqp);
+    }
+    if constexpr (kF16) amx_dsum(sh, b, hn);
+  });
 }
 
 // kF16: float16 inputs, every q / k / v / dy value as exact bf16 halves hi + lo (the *l
@@ -578,22 +596,23 @@ struct AmxWorker : Worker<AmxBase> {
     rows_for_keys(p, b, j0, j0 + jn, &ia, &ie);
     const int64_t Tqp = sh.Tqp;
     for (int64_t n = g * p.G; n < (g + 1) * p.G; ++n) {
-      const uint16_t* qc = sh.qc.data() + n * Tqp * D;
-      const uint16_t* dyc = sh.dyc.data() + n * Tqp * D;
-      const uint16_t* qt = sh.qt.data() + n * D * Tqp;
-      const uint16_t* dyt = sh.dyt.data() + n * D * Tqp;
-      const uint16_t* qcl = kF16 ? sh.qcl.data() + n * Tqp * D : nullptr;
-      const uint16_t* dycl = kF16 ? sh.dycl.data() + n * Tqp * D : nullptr;
-      const uint16_t* qtl = kF16 ? sh.qtl.data() + n * D * Tqp : nullptr;
-      const uint16_t* dytl = kF16 ? sh.dytl.data() + n * D * Tqp : nullptr;
+      const uint16_t* qc = sh.qc + n * Tqp * D;
+      const uint16_t* dyc = sh.dyc + n * Tqp * D;
+      const uint16_t* qt = sh.qt + n * D * Tqp;
+      const uint16_t* dyt = sh.dyt + n * D * Tqp;
+      const uint16_t* qcl = kF16 ? sh.qcl + n * Tqp * D : nullptr;
+      const uint16_t* dycl = kF16 ? sh.dycl + n * Tqp * D : nullptr;
+      const uint16_t* qtl = kF16 ? sh.qtl + n * D * Tqp : nullptr;
+      const uint16_t* dytl = kF16 ? sh.dytl + n * D * Tqp : nullptr;
       for (int64_t i0 = ia; i0 < ie; i0 += kBq) {
         const int ni = int(std::min<int64_t>(kBq, ie - i0));
         int zlo = 0, zhi = 0;  // dQl rows holding values (relative to i0)
         int qlo = kBq, qhi = 0;
+        row_metas(b, n, i0, ni);
         for (int s0 = 0; s0 < jn; s0 += kSub) {
           const int sn = std::min(kSub, jn - s0), sp = int(round_up(sn, 32));
           int rlo, rhi;
-          classify(b, n, i0, ni, j0 + s0, sn, &rlo, &rhi);
+          classify_keys(ni, j0 + s0, sn, &rlo, &rhi);
           if (rlo >= rhi) continue;
           const int R = rhi - rlo, Rp = int(round_up(R, 32));
           const int64_t ib = i0 + rlo, prow = sh.qpbase[size_t(b)] + ib;

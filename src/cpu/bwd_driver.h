@@ -41,6 +41,7 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <numeric>
 #include <vector>
 
@@ -254,6 +255,71 @@ inline int64_t dpse_strides(const PseDesc& d, int want, int64_t out[4]) {
   return run;
 }
 
+// ---- scratch kept across calls -----------------------------------------------------------------
+// The large per-call buffers (dQ partials, packed q / dy: ~50 MiB at B1 N16 S2048 D128 bf16)
+// come from a process-wide cache and go back to it when the call ends, so the next call finds
+// them paged in: fresh pages cost a kernel zero fill and a fault each, ~13% of a bf16 call,
+// and the call after a PyTorch op or an idle pause always got fresh ones (glibc hands large
+// blocks back to the kernel; dev/bwd_06_cold_calls.md). Provenance of the cap: it keeps the
+// scratch of one S = 8192 N16 D128 bf16 call (or several smaller) and bounds what an idle
+// process holds; buffers beyond it are freed as before. Contents are never relied upon: every
+// user writes what it reads.
+constexpr size_t kScratchCacheBytes = size_t(256) << 20;
+
+class ScratchCache {
+ public:
+  // A buffer of at least `bytes` (best fit among the cached ones, else a new one).
+  static std::unique_ptr<Buf> take(size_t bytes) {
+    std::lock_guard<std::mutex> lock(mu());
+    auto& f = free_list();
+    size_t best = f.size();
+    for (size_t i = 0; i < f.size(); ++i)
+      if (f[i]->n >= bytes && (best == f.size() || f[i]->n < f[best]->n)) best = i;
+    if (best == f.size()) return std::make_unique<Buf>();
+    std::unique_ptr<Buf> b = std::move(f[best]);
+    f.erase(f.begin() + std::ptrdiff_t(best));
+    return b;
+  }
+  // Returns b; the oldest buffers are freed while the cache holds more than the cap.
+  static void give(std::unique_ptr<Buf> b) {
+    std::lock_guard<std::mutex> lock(mu());
+    auto& f = free_list();
+    f.push_back(std::move(b));
+    size_t total = 0;
+    for (const auto& x : f) total += x->n;
+    while (total > kScratchCacheBytes) {
+      total -= f.front()->n;
+      f.erase(f.begin());
+    }
+  }
+
+ private:
+  static std::mutex& mu() {
+    static std::mutex m;
+    return m;
+  }
+  static std::vector<std::unique_ptr<Buf>>& free_list() {
+    static std::vector<std::unique_ptr<Buf>> f;
+    return f;
+  }
+};
+
+// A cached buffer held for one call (uninitialised contents).
+struct ScratchBuf {
+  std::unique_ptr<Buf> b;
+  ScratchBuf() = default;
+  ScratchBuf(const ScratchBuf&) = delete;
+  ScratchBuf& operator=(const ScratchBuf&) = delete;
+  ~ScratchBuf() {
+    if (b) ScratchCache::give(std::move(b));
+  }
+  template <class T>
+  T* get(size_t count) {
+    if (!b) b = ScratchCache::take(count * sizeof(T) + 64);
+    return b->get<T>(count, false);
+  }
+};
+
 // ---- shared state of one backward call ------------------------------------------------------
 struct Shared {
   const Problem& p;
@@ -282,7 +348,9 @@ struct Shared {
   }
   std::vector<int64_t> ucount;  // uniform rows per (b, n)
   std::vector<float> uvec;      // (no dropout) sum over uniform rows of dy / sum, per (b, n): D floats
-  std::vector<float> dq_acc;    // C x N1 x Tq x D
+  // C x N1 x Tq x D (cached scratch; precompute zeroes it in parallel)
+  ScratchBuf bdq;
+  float* dq_acc = nullptr;
   // dpse
   float* dpse = nullptr;        // fp32 accumulation (tensor pse)
   std::vector<float> dpse_own;
@@ -294,13 +362,16 @@ struct Shared {
   // rows of slack at the end): Qc/dYc [n][Tqp][D], QT/dYT [n][D][Tqp].
   std::vector<int64_t> qpbase;
   int64_t Tqp = 0;
-  std::vector<uint16_t> qc, dyc, qt, dyt;
+  // Cached scratch: the parallel prepare step writes every row, padding included.
+  ScratchBuf bqc, bdyc, bqt, bdyt;
+  uint16_t *qc = nullptr, *dyc = nullptr, *qt = nullptr, *dyt = nullptr;
   // float16 inputs (bwd_amx_fp16): the exact lo bf16 halves (x = hi + lo) of the same four.
-  std::vector<uint16_t> qcl, dycl, qtl, dytl;
+  ScratchBuf bqcl, bdycl, bqtl, bdytl;
+  uint16_t *qcl = nullptr, *dycl = nullptr, *qtl = nullptr, *dytl = nullptr;
   explicit Shared(const Problem& prob) : p(prob) {}
   size_t ri(int64_t n, int64_t b, int64_t i) const { return size_t(n * plan.Tq + plan.qbase[size_t(b)] + i); }
   float* dq_row(int64_t c, int64_t n, int64_t b, int64_t i) {
-    return dq_acc.data() + ((c * p.N1 + n) * plan.Tq + plan.qbase[size_t(b)] + i) * D;
+    return dq_acc + ((c * p.N1 + n) * plan.Tq + plan.qbase[size_t(b)] + i) * D;
   }
   SlopeRowSums* slope_row(int64_t c, int64_t n, int64_t b, int64_t i) {
     return slope_rows.data() + (c * p.N1 + n) * plan.Tq + plan.qbase[size_t(b)] + i;
@@ -475,7 +546,7 @@ struct Worker {
   float *KT, *VT, *Kr, *Q, *dY, *S, *dP, *dKa, *dVa, *tmp;
   uint32_t* words;
   RowMeta rm[kBq];
-  uint8_t cls[kBq];
+  uint8_t cls[kBq], rnormal[kBq];
   int nbadk = 0, badk[kBk];  // keys of the current block whose k row has a NaN / Inf
 
   Worker(const Problem& prob, Shared& s)
@@ -616,12 +687,26 @@ struct Worker {
   // kept key or not a normal row; kFull; kPartial) with their RowMeta in rm[]; [rlo, rhi) is
   // the range of rows that are not kNone (empty: rlo >= rhi).
   void classify(int64_t b, int64_t n, int64_t i0, int ni, int64_t j0, int jn, int* rlo_out, int* rhi_out) {
+    row_metas(b, n, i0, ni);
+    classify_keys(ni, j0, jn, rlo_out, rhi_out);
+  }
+
+  // The key-independent half of classify: which rows i0 .. i0+ni of (b, n) are normal (rnormal)
+  // and their RowMeta (rm). A q tile computes them once for all its key tiles.
+  void row_metas(int64_t b, int64_t n, int64_t i0, int ni) {
+    for (int r = 0; r < ni; ++r) {
+      rnormal[r] = sh.kind[sh.ri(n, b, i0 + r)] == kRowNormal;
+      if (rnormal[r]) rm[r] = make_row_meta(p, b, n, i0 + r);
+    }
+  }
+
+  // The rows of the last row_metas against keys [j0, j0+jn): cls[] and [rlo, rhi) as classify.
+  void classify_keys(int ni, int64_t j0, int jn, int* rlo_out, int* rhi_out) {
     const bool has_mask = p.mask.data != nullptr;
     int rlo = ni, rhi = 0;
     for (int r = 0; r < ni; ++r) {
       uint8_t cl = kNone;
-      if (sh.kind[sh.ri(n, b, i0 + r)] == kRowNormal) {
-        rm[r] = make_row_meta(p, b, n, i0 + r);
+      if (rnormal[r]) {
         cl = band_class(rm[r], j0, j0 + jn);
         if (cl != kNone && has_mask) {
           const int ms = mask_scan(rm[r].mrow + j0 * p.mask.sj, p.mask.sj, jn);
@@ -795,7 +880,7 @@ void backward_with(const Problem& p, int64_t Bk, Prepare&& prepare) {
   sh.kbad.assign(size_t(p.N2 * sh.Tk), 0);
   sh.ucount.assign(size_t(p.B * p.N1), 0);
   sh.uvec.assign(size_t(p.B * p.N1 * p.D), 0.f);
-  sh.dq_acc.resize(size_t(sh.plan.C) * rows * size_t(p.D));
+  sh.dq_acc = sh.bdq.get<float>(size_t(sh.plan.C) * rows * size_t(p.D));
   precompute(sh);
   prepare(sh);
 
