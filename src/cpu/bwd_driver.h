@@ -41,10 +41,10 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
-#include <mutex>
 #include <numeric>
 #include <vector>
 
+#include "common/scratch_cache.h"
 #include "common/thread_pool.h"
 #include "core/problem.h"
 #include "core/slope_grad.h"
@@ -255,71 +255,6 @@ inline int64_t dpse_strides(const PseDesc& d, int want, int64_t out[4]) {
   return run;
 }
 
-// ---- scratch kept across calls -----------------------------------------------------------------
-// The large per-call buffers (dQ partials, packed q / dy: ~50 MiB at B1 N16 S2048 D128 bf16)
-// come from a process-wide cache and go back to it when the call ends, so the next call finds
-// them paged in: fresh pages cost a kernel zero fill and a fault each, ~13% of a bf16 call,
-// and the call after a PyTorch op or an idle pause always got fresh ones (glibc hands large
-// blocks back to the kernel; dev/bwd_06_cold_calls.md). Provenance of the cap: it keeps the
-// scratch of one S = 8192 N16 D128 bf16 call (or several smaller) and bounds what an idle
-// process holds; buffers beyond it are freed as before. Contents are never relied upon: every
-// user writes what it reads.
-constexpr size_t kScratchCacheBytes = size_t(256) << 20;
-
-class ScratchCache {
- public:
-  // A buffer of at least `bytes` (best fit among the cached ones, else a new one).
-  static std::unique_ptr<Buf> take(size_t bytes) {
-    std::lock_guard<std::mutex> lock(mu());
-    auto& f = free_list();
-    size_t best = f.size();
-    for (size_t i = 0; i < f.size(); ++i)
-      if (f[i]->n >= bytes && (best == f.size() || f[i]->n < f[best]->n)) best = i;
-    if (best == f.size()) return std::make_unique<Buf>();
-    std::unique_ptr<Buf> b = std::move(f[best]);
-    f.erase(f.begin() + std::ptrdiff_t(best));
-    return b;
-  }
-  // Returns b; the oldest buffers are freed while the cache holds more than the cap.
-  static void give(std::unique_ptr<Buf> b) {
-    std::lock_guard<std::mutex> lock(mu());
-    auto& f = free_list();
-    f.push_back(std::move(b));
-    size_t total = 0;
-    for (const auto& x : f) total += x->n;
-    while (total > kScratchCacheBytes) {
-      total -= f.front()->n;
-      f.erase(f.begin());
-    }
-  }
-
- private:
-  static std::mutex& mu() {
-    static std::mutex m;
-    return m;
-  }
-  static std::vector<std::unique_ptr<Buf>>& free_list() {
-    static std::vector<std::unique_ptr<Buf>> f;
-    return f;
-  }
-};
-
-// A cached buffer held for one call (uninitialised contents).
-struct ScratchBuf {
-  std::unique_ptr<Buf> b;
-  ScratchBuf() = default;
-  ScratchBuf(const ScratchBuf&) = delete;
-  ScratchBuf& operator=(const ScratchBuf&) = delete;
-  ~ScratchBuf() {
-    if (b) ScratchCache::give(std::move(b));
-  }
-  template <class T>
-  T* get(size_t count) {
-    if (!b) b = ScratchCache::take(count * sizeof(T) + 64);
-    return b->get<T>(count, false);
-  }
-};
-
 // ---- shared state of one backward call ------------------------------------------------------
 struct Shared {
   const Problem& p;
@@ -348,8 +283,8 @@ struct Shared {
   }
   std::vector<int64_t> ucount;  // uniform rows per (b, n)
   std::vector<float> uvec;      // (no dropout) sum over uniform rows of dy / sum, per (b, n): D floats
-  // C x N1 x Tq x D (cached scratch; precompute zeroes it in parallel)
-  ScratchBuf bdq;
+  // C x N1 x Tq x D (common/scratch_cache.h; precompute zeroes it in parallel)
+  Scratch bdq;
   float* dq_acc = nullptr;
   // dpse
   float* dpse = nullptr;        // fp32 accumulation (tensor pse)
@@ -362,11 +297,11 @@ struct Shared {
   // rows of slack at the end): Qc/dYc [n][Tqp][D], QT/dYT [n][D][Tqp].
   std::vector<int64_t> qpbase;
   int64_t Tqp = 0;
-  // Cached scratch: the parallel prepare step writes every row, padding included.
-  ScratchBuf bqc, bdyc, bqt, bdyt;
+  // Cached scratch (common/scratch_cache.h): the parallel prepare step writes every row, padding included.
+  Scratch bqc, bdyc, bqt, bdyt;
   uint16_t *qc = nullptr, *dyc = nullptr, *qt = nullptr, *dyt = nullptr;
   // float16 inputs (bwd_amx_fp16): the exact lo bf16 halves (x = hi + lo) of the same four.
-  ScratchBuf bqcl, bdycl, bqtl, bdytl;
+  Scratch bqcl, bdycl, bqtl, bdytl;
   uint16_t *qcl = nullptr, *dycl = nullptr, *qtl = nullptr, *dytl = nullptr;
   explicit Shared(const Problem& prob) : p(prob) {}
   size_t ri(int64_t n, int64_t b, int64_t i) const { return size_t(n * plan.Tq + plan.qbase[size_t(b)] + i); }
