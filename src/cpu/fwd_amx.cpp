@@ -164,7 +164,7 @@ struct EngineAmx {
     std::vector<int64_t> skvp, koff, voff;  // per (b, g): padded keys, word offsets
     std::vector<int64_t> joff;              // per (b, g): first key in vbad
     std::vector<uint8_t> vbad;              // per key: the value row has a NaN / Inf (packed as 0)
-    Buf kbuf, vbuf;
+    PooledBuf kvbuf;  // K then V packs, kept across calls (fwd_driver.h PackPool)
     uint32_t* kp[kParts] = {};  // K / V packs of each part (same offsets)
     uint32_t* vp[kParts] = {};
     explicit Shared(const Problem& p) : D(p.D), Dp32(round_up(p.D, 32)), Dp16(round_up(p.D, 16)) {
@@ -193,8 +193,8 @@ struct EngineAmx {
       local = (kw + vw) * int64_t(sizeof(uint32_t)) * kParts > kMaxPrePackBytes;
       if (local) return;
       vbad.assign(size_t(jw), 0);
-      uint32_t* k0 = kbuf.get<uint32_t>(size_t(kw * kParts), false);  // pack() writes every word
-      uint32_t* v0 = vbuf.get<uint32_t>(size_t(vw * kParts), false);
+      uint32_t* k0 = kvbuf.get<uint32_t>(size_t((kw + vw) * kParts));  // pack() writes every word
+      uint32_t* v0 = k0 + kw * kParts;
       for (int i = 0; i < kParts; ++i) {
         kp[i] = k0 + i * kw;
         vp[i] = v0 + i * vw;
