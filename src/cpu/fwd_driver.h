@@ -436,7 +436,7 @@ struct Task {
 };
 
 struct Plan {
-  std::vector<Task> tasks;      // sorted longest first
+  std::vector<Task> tasks;      // by kv head, longest first (make_plan)
   std::vector<Task> groups;     // unsplit tasks (for the merge), indexed by Task::group
   int64_t nsplit = 1;           // uniform split count (1: no split)
 };
@@ -510,9 +510,19 @@ inline Plan make_plan(const Problem& p, int64_t Bq) {
       plan.tasks.push_back(t);
     }
   }
-  // longest first (ties keep the natural order: consecutive tasks share a kv head)
-  std::stable_sort(plan.tasks.begin(), plan.tasks.end(),
-                   [](const Task& a, const Task& b) { return a.cost > b.cost; });
+  // Order: kv heads (b, g) by total cost, longest first; within a head, tasks longest first.
+  // A pure longest-first order interleaved the heads on causal problems (the q-block k of every
+  // head, then k - 1, ...), so every task met its head's K / V packs cold in L2: consecutive
+  // tasks sharing a head reuse them (dev/17_causal_fixed_cost.txt). The tail stays short: the
+  // last tasks are the shortest of the cheapest head.
+  std::vector<int64_t> head_cost(size_t(p.B * p.N2), 0);
+  for (const Task& t : plan.tasks) head_cost[size_t(t.b * p.N2 + t.g)] += t.cost;
+  std::stable_sort(plan.tasks.begin(), plan.tasks.end(), [&](const Task& a, const Task& b) {
+    const int64_t ha = a.b * p.N2 + a.g, hb = b.b * p.N2 + b.g;
+    if (ha != hb && head_cost[size_t(ha)] != head_cost[size_t(hb)]) return head_cost[size_t(ha)] > head_cost[size_t(hb)];
+    if (ha != hb) return ha < hb;
+    return a.cost > b.cost;
+  });
   return plan;
 }
 
