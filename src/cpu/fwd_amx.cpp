@@ -1,6 +1,7 @@
 // The AMX-BF16 forward kernels (bfloat16, float16, float32 inputs): fwd_driver.h + an AMX tile engine.
 //
-//   pre-pass (Shared): K and V of every (b, kv head) packed ONCE into AMX B-operand layouts
+//   pack (Shared): K and V of every (b, kv head) packed ONCE per call (lazily, per 256-key chunk
+//       on first use) into AMX B-operand layouts
 //       Kp[(b,g)][S2p/16][D/2][16]          uint32 = (K[j][2q], K[j][2q+1])   ("VNNI" K^T)
 //       Vp[(b,g)][S2p/32][D16/16][16][16]   uint32 = (V[2p][d], V[2p+1][d])   ("VNNI" V)
 //     blocked so every AMX B tile (16 rows x 64 B) is one contiguous KiB (a row-major
@@ -162,8 +163,8 @@ struct EngineAmx {
   // first engine whose block needs it (ensure_packed, from load_kv): the chunk is packed right
   // before its first use, still in L2, where a pre-pass packed every head first and the tasks
   // read the packs back from DRAM (dev/17_causal_fixed_cost.txt). Chunk states (atomic): 0 not
-  // packed, 1 being packed (others wait: ~30 us), 2 packed. The contents do not depend on which
-  // thread packs (bit-identity).
+  // packed, 1 being packed (~30 us; engines that need it pack ahead meanwhile), 2 packed. The
+  // contents do not depend on which thread packs (bit-identity).
   struct Shared {
     int64_t D = 0, Dp32 = 0, Dp16 = 0;
     bool local = false;                     // no pre-pack: engines pack per block (see above)
