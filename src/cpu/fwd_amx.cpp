@@ -1,6 +1,7 @@
 // The AMX-BF16 forward kernels (bfloat16, float16, float32 inputs): fwd_driver.h + an AMX tile engine.
 //
-//   pre-pass (Shared): K and V of every (b, kv head) packed ONCE into AMX B-operand layouts
+//   pack (Shared): K and V of every (b, kv head) packed ONCE per call (lazily, per 256-key chunk
+//       on first use) into AMX B-operand layouts
 //       Kp[(b,g)][S2p/16][D/2][16]          uint32 = (K[j][2q], K[j][2q+1])   ("VNNI" K^T)
 //       Vp[(b,g)][S2p/32][D16/16][16][16]   uint32 = (V[2p][d], V[2p+1][d])   ("VNNI" V)
 //     blocked so every AMX B tile (16 rows x 64 B) is one contiguous KiB (a row-major
@@ -39,7 +40,7 @@
 #define SA_NS fwd_amx_ns
 #include "cpu/fwd_driver.h"
 
-#include <array>
+#include <atomic>
 
 #include "common/cpu_features.h"
 #include "cpu/fwd_kernels.h"
@@ -158,13 +159,22 @@ struct EngineAmx {
 #endif
   static constexpr int64_t kMaxPrePackBytes = int64_t(SA_AMX_PREPACK_MIB) << 20;
 
+  // The shared pack is filled lazily, one (b, kv head, kPackKeys-key chunk) at a time, by the
+  // first engine whose block needs it (ensure_packed, from load_kv): the chunk is packed right
+  // before its first use, still in L2, where a pre-pass packed every head first and the tasks
+  // read the packs back from DRAM (dev/17_causal_fixed_cost.txt). Chunk states (atomic): 0 not
+  // packed, 1 being packed (~30 us; engines that need it pack ahead meanwhile), 2 packed. The
+  // contents do not depend on which thread packs (bit-identity).
   struct Shared {
     int64_t D = 0, Dp32 = 0, Dp16 = 0;
     bool local = false;                     // no pre-pack: engines pack per block (see above)
     std::vector<int64_t> skvp, koff, voff;  // per (b, g): padded keys, word offsets
     std::vector<int64_t> joff;              // per (b, g): first key in vbad
+    std::vector<int64_t> coff;              // per (b, g): first chunk in state
     std::vector<uint8_t> vbad;              // per key: the value row has a NaN / Inf (packed as 0)
-    Buf kbuf, vbuf;
+    std::unique_ptr<std::atomic<uint8_t>[]> state;  // per chunk: 0 / 1 / 2 (see above)
+    PooledBuf kvbuf;  // K then V packs, kept across calls (fwd_driver.h PackPool)
+    int64_t kw = 0, vw = 0;     // words of one part's K / V pack
     uint32_t* kp[kParts] = {};  // K / V packs of each part (same offsets)
     uint32_t* vp[kParts] = {};
     explicit Shared(const Problem& p) : D(p.D), Dp32(round_up(p.D, 32)), Dp16(round_up(p.D, 16)) {
@@ -173,39 +183,62 @@ struct EngineAmx {
       koff.resize(size_t(BG));
       voff.resize(size_t(BG));
       joff.resize(size_t(BG));
-      int64_t kw = 0, vw = 0, jw = 0;
-      std::vector<std::array<int64_t, 3>> units;  // (b, g, chunk start)
+      coff.resize(size_t(BG));
+      int64_t jw = 0, cw = 0;
       for (int64_t b = 0; b < p.B; ++b) {
-        const int64_t skv = p.skv[size_t(b)];
-        skvp[size_t(b)] = round_up(skv, 32);
+        skvp[size_t(b)] = round_up(p.skv[size_t(b)], 32);
         const bool used = p.sq[size_t(b)] > 0;
         for (int64_t g = 0; g < p.N2; ++g) {
           koff[size_t(b * p.N2 + g)] = kw;
           voff[size_t(b * p.N2 + g)] = vw;
           joff[size_t(b * p.N2 + g)] = jw;
+          coff[size_t(b * p.N2 + g)] = cw;
           if (!used) continue;
           jw += skvp[size_t(b)];
+          cw += ceil_div(skvp[size_t(b)], kPackKeys);
           kw += Dp32 / 2 * skvp[size_t(b)];
           vw += skvp[size_t(b)] / 2 * Dp16;
-          for (int64_t j = 0; j < skvp[size_t(b)]; j += kPackKeys) units.push_back({b, g, j});
         }
       }
       local = (kw + vw) * int64_t(sizeof(uint32_t)) * kParts > kMaxPrePackBytes;
       if (local) return;
       vbad.assign(size_t(jw), 0);
-      uint32_t* k0 = kbuf.get<uint32_t>(size_t(kw * kParts), false);  // pack() writes every word
-      uint32_t* v0 = vbuf.get<uint32_t>(size_t(vw * kParts), false);
+      state.reset(new std::atomic<uint8_t>[size_t(cw)]);
+      for (int64_t c = 0; c < cw; ++c) state[size_t(c)].store(0, std::memory_order_relaxed);
+      uint32_t* k0 = kvbuf.get<uint32_t>(size_t((kw + vw) * kParts));  // pack() writes every word
+      uint32_t* v0 = k0 + kw * kParts;
       for (int i = 0; i < kParts; ++i) {
         kp[i] = k0 + i * kw;
         vp[i] = v0 + i * vw;
       }
-      parallel_for(int64_t(units.size()), [&](int64_t u, int) {
-        const auto [b, g, j0] = units[size_t(u)];
-        const int64_t bg = b * p.N2 + g, kat = koff[size_t(bg)] + (j0 / 16) * (Dp32 / 2) * 16,
-                      vat = voff[size_t(bg)] + (j0 / 32) * (Dp16 / 16) * 256;
-        pack(p, b, g, j0, std::min(kPackKeys, skvp[size_t(b)] - j0), k0 + kat, v0 + vat, kw, vw,
-             vbad.data() + joff[size_t(bg)] + j0);
-      });
+    }
+    // Makes sure keys [j0, j1) of (b, g) are packed: packs the chunks nobody claimed; while
+    // another engine packs one, packs the head's next unclaimed chunks (needed soon by both)
+    // before waiting for it.
+    void ensure_packed(const Problem& p, int64_t b, int64_t g, int64_t j0, int64_t j1) {
+      const int64_t bg = b * p.N2 + g, nc = ceil_div(skvp[size_t(b)], kPackKeys);
+      int64_t ahead = j0 / kPackKeys + 1;
+      for (int64_t c = j0 / kPackKeys; c * kPackKeys < j1; ++c) {
+        const std::atomic<uint8_t>& st = state[size_t(coff[size_t(bg)] + c)];
+        if (st.load(std::memory_order_acquire) == 2 || try_pack(p, b, g, c)) continue;
+        for (ahead = std::max(ahead, c + 1); ahead < nc && st.load(std::memory_order_acquire) != 2; ++ahead)
+          try_pack(p, b, g, ahead);
+        while (st.load(std::memory_order_acquire) != 2) _mm_pause();
+      }
+    }
+    // Packs chunk c of (b, g) if nobody claimed it; returns whether this call packed it.
+    bool try_pack(const Problem& p, int64_t b, int64_t g, int64_t c) {
+      const int64_t bg = b * p.N2 + g;
+      std::atomic<uint8_t>& st = state[size_t(coff[size_t(bg)] + c)];
+      uint8_t expect = 0;
+      if (st.load(std::memory_order_relaxed) != 0 || !st.compare_exchange_strong(expect, 1, std::memory_order_acquire))
+        return false;
+      const int64_t c0 = c * kPackKeys, kat = koff[size_t(bg)] + (c0 / 16) * (Dp32 / 2) * 16,
+                    vat = voff[size_t(bg)] + (c0 / 32) * (Dp16 / 16) * 256;
+      pack(p, b, g, c0, std::min(kPackKeys, skvp[size_t(b)] - c0), kp[0] + kat, vp[0] + vat, kw, vw,
+           vbad.data() + joff[size_t(bg)] + c0);
+      st.store(2, std::memory_order_release);
+      return true;
     }
     // Packs keys [j0, j0 + nj) (j0 and nj multiples of 32; keys >= S2 as 0) of (b, kv head g):
     // part i of K to kdst + i * kplane, of V to vdst + i * vplane; bad[j - j0] = 1 where the
@@ -264,7 +297,7 @@ struct EngineAmx {
     }
   };
 
-  const Shared& sh;
+  Shared& sh;
   int64_t D, Dp32, Dp16;
   Buf bq, bs, bp, bo, btmp, blk, blv;  // blk, blv: the block's K/V parts (Shared::local)
   uint16_t* Qb;  // [kParts][kBq][Dp32] bf16 parts of Q
@@ -283,7 +316,7 @@ struct EngineAmx {
   int bad_[kBk];
   uint8_t lbad_[kBk];  // the block's value-row flags (Shared::local)
 
-  EngineAmx(const Problem& p, const Shared& s)
+  EngineAmx(const Problem& p, Shared& s)
       : sh(s), D(p.D), Dp32(round_up(p.D, 32)), Dp16(round_up(p.D, 16)) {
     Qb = bq.get<uint16_t>(size_t(kParts * kBq * Dp32));
     S = bs.get<float>(size_t(kBq * kBk));
@@ -373,6 +406,7 @@ struct EngineAmx {
       }
       vb = lbad_;
     } else {
+      sh.ensure_packed(p, b, g, j0, j0 + jn);
       const int64_t bg = b * p.N2 + g, kat = sh.koff[size_t(bg)] + (j0 / 16) * (Dp32 / 2) * 16,
                     vat = sh.voff[size_t(bg)] + (j0 / 32) * (Dp16 / 16) * 256;
       for (int i = 0; i < kParts; ++i) {

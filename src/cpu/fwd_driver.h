@@ -37,6 +37,7 @@
 #include <cstring>
 #include <limits>
 #include <memory>
+#include <mutex>
 #include <vector>
 
 #if defined(__linux__)
@@ -104,6 +105,65 @@ struct Buf {
     }
     return static_cast<T*>(p);
   }
+};
+
+// ---- pack buffers retained across calls -------------------------------------------------
+// A fresh 32 MiB pack buffer per call costs the kernel's page zeroing (clear_page) and faults,
+// ~15 us per (kv head, 256 keys) of bf16 D 128: as much as a quarter of a causal block's work
+// (dev/17_causal_fixed_cost.txt). PackPool keeps freed pack buffers for the next call: take()
+// hands out the smallest retained buffer of at least `bytes` (else the largest, grown by
+// Buf::get; else a new one), give() retains a buffer while the pool holds at most kPoolBytes
+// in all (else frees it). Thread-safe: concurrent calls each own the buffer they took, so
+// memory is bounded by the calls in flight plus kPoolBytes retained (64 MiB, per ISA file).
+class PackPool {
+ public:
+  static constexpr size_t kPoolBytes = size_t(64) << 20;
+  std::unique_ptr<Buf> take(size_t bytes) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (free_.empty()) return std::make_unique<Buf>();
+    size_t best = 0;  // the smallest that fits, else the largest
+    for (size_t k = 1; k < free_.size(); ++k) {
+      const size_t n = free_[k]->n, nb = free_[best]->n;
+      if (nb >= bytes ? (n >= bytes && n < nb) : n > nb) best = k;
+    }
+    std::unique_ptr<Buf> b = std::move(free_[best]);
+    free_.erase(free_.begin() + std::ptrdiff_t(best));
+    held_ -= b->n;
+    return b;
+  }
+  void give(std::unique_ptr<Buf> b) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (held_ + b->n > kPoolBytes) return;  // freed here
+    held_ += b->n;
+    free_.push_back(std::move(b));
+  }
+
+ private:
+  std::mutex mu_;
+  std::vector<std::unique_ptr<Buf>> free_;
+  size_t held_ = 0;
+};
+inline PackPool& pack_pool() {
+  static PackPool pool;
+  return pool;
+}
+// A buffer of the pack pool for the lifetime of one call (contents undefined: callers overwrite).
+class PooledBuf {
+ public:
+  PooledBuf() = default;
+  PooledBuf(const PooledBuf&) = delete;
+  PooledBuf& operator=(const PooledBuf&) = delete;
+  ~PooledBuf() {
+    if (buf_) pack_pool().give(std::move(buf_));
+  }
+  template <class T>
+  T* get(size_t count) {
+    if (!buf_) buf_ = pack_pool().take(count * sizeof(T));
+    return buf_->get<T>(count, false);
+  }
+
+ private:
+  std::unique_ptr<Buf> buf_;
 };
 
 // ---- local copies of the scalar semantics (core/semantics.h, common/half.h, philox.h) ----
@@ -376,7 +436,7 @@ struct Task {
 };
 
 struct Plan {
-  std::vector<Task> tasks;      // sorted longest first
+  std::vector<Task> tasks;      // by kv head, longest first (make_plan)
   std::vector<Task> groups;     // unsplit tasks (for the merge), indexed by Task::group
   int64_t nsplit = 1;           // uniform split count (1: no split)
 };
@@ -450,9 +510,19 @@ inline Plan make_plan(const Problem& p, int64_t Bq) {
       plan.tasks.push_back(t);
     }
   }
-  // longest first (ties keep the natural order: consecutive tasks share a kv head)
-  std::stable_sort(plan.tasks.begin(), plan.tasks.end(),
-                   [](const Task& a, const Task& b) { return a.cost > b.cost; });
+  // Order: kv heads (b, g) by total cost, longest first; within a head, tasks longest first.
+  // A pure longest-first order interleaved the heads on causal problems (the q-block k of every
+  // head, then k - 1, ...), so every task met its head's K / V packs cold in L2: consecutive
+  // tasks sharing a head reuse them (dev/17_causal_fixed_cost.txt). The tail stays short: the
+  // last tasks are the shortest of the cheapest head.
+  std::vector<int64_t> head_cost(size_t(p.B * p.N2), 0);
+  for (const Task& t : plan.tasks) head_cost[size_t(t.b * p.N2 + t.g)] += t.cost;
+  std::stable_sort(plan.tasks.begin(), plan.tasks.end(), [&](const Task& a, const Task& b) {
+    const int64_t ha = a.b * p.N2 + a.g, hb = b.b * p.N2 + b.g;
+    if (ha != hb && head_cost[size_t(ha)] != head_cost[size_t(hb)]) return head_cost[size_t(ha)] > head_cost[size_t(hb)];
+    if (ha != hb) return ha < hb;
+    return a.cost > b.cost;
+  });
   return plan;
 }
 
