@@ -173,7 +173,7 @@ struct EngineAmx {
     std::vector<int64_t> coff;              // per (b, g): first chunk in state
     std::vector<uint8_t> vbad;              // per key: the value row has a NaN / Inf (packed as 0)
     std::unique_ptr<std::atomic<uint8_t>[]> state;  // per chunk: 0 / 1 / 2 (see above)
-    PooledBuf kvbuf;  // K then V packs, kept across calls (fwd_driver.h PackPool)
+    Scratch kvbuf;  // K then V packs, kept across calls (common/scratch_cache.h)
     int64_t kw = 0, vw = 0;     // words of one part's K / V pack
     uint32_t* kp[kParts] = {};  // K / V packs of each part (same offsets)
     uint32_t* vp[kParts] = {};

@@ -37,13 +37,13 @@
 #include <cstring>
 #include <limits>
 #include <memory>
-#include <mutex>
 #include <vector>
 
 #if defined(__linux__)
 #include <sys/mman.h>
 #endif
 
+#include "common/scratch_cache.h"
 #include "common/thread_pool.h"
 #include "core/problem.h"
 #include "cpu/tile/exp2_poly.h"
@@ -105,65 +105,6 @@ struct Buf {
     }
     return static_cast<T*>(p);
   }
-};
-
-// ---- pack buffers retained across calls -------------------------------------------------
-// A fresh 32 MiB pack buffer per call costs the kernel's page zeroing (clear_page) and faults,
-// ~15 us per (kv head, 256 keys) of bf16 D 128: as much as a quarter of a causal block's work
-// (dev/17_causal_fixed_cost.txt). PackPool keeps freed pack buffers for the next call: take()
-// hands out the smallest retained buffer of at least `bytes` (else the largest, grown by
-// Buf::get; else a new one), give() retains a buffer while the pool holds at most kPoolBytes
-// in all (else frees it). Thread-safe: concurrent calls each own the buffer they took, so
-// memory is bounded by the calls in flight plus kPoolBytes retained (64 MiB, per ISA file).
-class PackPool {
- public:
-  static constexpr size_t kPoolBytes = size_t(64) << 20;
-  std::unique_ptr<Buf> take(size_t bytes) {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (free_.empty()) return std::make_unique<Buf>();
-    size_t best = 0;  // the smallest that fits, else the largest
-    for (size_t k = 1; k < free_.size(); ++k) {
-      const size_t n = free_[k]->n, nb = free_[best]->n;
-      if (nb >= bytes ? (n >= bytes && n < nb) : n > nb) best = k;
-    }
-    std::unique_ptr<Buf> b = std::move(free_[best]);
-    free_.erase(free_.begin() + std::ptrdiff_t(best));
-    held_ -= b->n;
-    return b;
-  }
-  void give(std::unique_ptr<Buf> b) {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (held_ + b->n > kPoolBytes) return;  // freed here
-    held_ += b->n;
-    free_.push_back(std::move(b));
-  }
-
- private:
-  std::mutex mu_;
-  std::vector<std::unique_ptr<Buf>> free_;
-  size_t held_ = 0;
-};
-inline PackPool& pack_pool() {
-  static PackPool pool;
-  return pool;
-}
-// A buffer of the pack pool for the lifetime of one call (contents undefined: callers overwrite).
-class PooledBuf {
- public:
-  PooledBuf() = default;
-  PooledBuf(const PooledBuf&) = delete;
-  PooledBuf& operator=(const PooledBuf&) = delete;
-  ~PooledBuf() {
-    if (buf_) pack_pool().give(std::move(buf_));
-  }
-  template <class T>
-  T* get(size_t count) {
-    if (!buf_) buf_ = pack_pool().take(count * sizeof(T));
-    return buf_->get<T>(count, false);
-  }
-
- private:
-  std::unique_ptr<Buf> buf_;
 };
 
 // ---- local copies of the scalar semantics (core/semantics.h, common/half.h, philox.h) ----
