@@ -141,7 +141,7 @@ struct Terms<3> {
 
 // kParts: bf16 parts per input element, 1 (bfloat16), 2 (float16), 3 (float32); see load_parts.
 template <int kParts>
-struct EngineAmx {
+struct EngineAmx : EngineRowState<SA_AMX_BQ, SA_AMX_BK, 256 + 80> {
   static constexpr int kBq = SA_AMX_BQ, kBk = SA_AMX_BK;
   static constexpr int kWords = 256 + 80;
   static constexpr int64_t kPackKeys = 256;  // keys per pre-pass work item
@@ -299,31 +299,17 @@ struct EngineAmx {
 
   Shared& sh;
   int64_t D, Dp32, Dp16;
-  Buf bq, bs, bp, bo, btmp, blk, blv;  // blk, blv: the block's K/V parts (Shared::local)
+  Buf bq, bp, blk, blv;  // blk, blv: the block's K/V parts (Shared::local)
   uint16_t* Qb;  // [kParts][kBq][Dp32] bf16 parts of Q
-  float* S;      // [kBq][kBk]
   uint16_t* P;   // kPParts 3: [3][kBq][kBk] bf16 parts of P; kPParts 2: none, P is written over S
-  float* O;      // [kBq][Dp16]
-  float *tmp, *tmp2;
   const uint32_t* kcur[kParts] = {};  // K / V packs of each part at the block's first key
   const uint32_t* vcur[kParts] = {};
-  RowMeta meta_[kBq];
-  float m_[kBq], l_[kBq];
-  uint8_t cls_[kBq];
-  int kend_[kBq];
-  alignas(64) uint32_t words_[kWords];
-  int nbad_ = 0;  // keys of the current block whose value row has a NaN / Inf (Shared::vbad)
-  int bad_[kBk];
   uint8_t lbad_[kBk];  // the block's value-row flags (Shared::local)
 
   EngineAmx(const Problem& p, Shared& s)
-      : sh(s), D(p.D), Dp32(round_up(p.D, 32)), Dp16(round_up(p.D, 16)) {
+      : EngineRowState(round_up(p.D, 16)), sh(s), D(p.D), Dp32(round_up(p.D, 32)), Dp16(round_up(p.D, 16)) {
     Qb = bq.get<uint16_t>(size_t(kParts * kBq * Dp32));
-    S = bs.get<float>(size_t(kBq * kBk));
     if (!kPInS) P = bp.get<uint16_t>(size_t(kPParts * kBq * kBk));
-    O = bo.get<float>(size_t(kBq * Dp16));
-    tmp = btmp.get<float>(size_t(2 * Dp16));
-    tmp2 = tmp + Dp16;
   }
   uint16_t* qpart(int i) const { return Qb + i * kBq * Dp32; }
   // P in place over S (kPParts 2): the 128 B of S[r][j, j + 32) take Ph[r][j, j + 32) then
@@ -354,18 +340,6 @@ struct EngineAmx {
   // bf16 3 / 2 (12 / 8 TDPs: fewer rows during QK, all the rest early in PV) against 2 / 4:
   // +2-3% per CPU-second (dev/16); fp16 / fp32 (longer tile work per row) keep 2 / 4.
   static constexpr int kQkStep = kParts == 1 ? 3 : 2, kPvStep = kParts == 1 ? 2 : 4;
-  RowMeta* meta() { return meta_; }
-  float* mvec() { return m_; }
-  float* lvec() { return l_; }
-  uint8_t* clsvec() { return cls_; }
-  int* kendvec() { return kend_; }
-  uint32_t* wordbuf() { return words_; }
-  float* tmprow() { return tmp; }
-  float* tmprow2() { return tmp2; }
-  float* orow(int r) { return O + r * Dp16; }
-  float* srow(int r) { return S + r * kBk; }
-  int nbad_v() const { return nbad_; }
-  const int* bad_v() const { return bad_; }
   float p_at(int r, int jj) const {  // exact: the parts' sum is the fp32 p (kPParts 2: to ~2^-16)
     float s = 0.f;
     for (int i = 0; i < kPParts; ++i) s += bf16_to_f(ppart(i, r, jj & ~31)[jj & 31]);

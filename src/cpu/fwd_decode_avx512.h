@@ -15,7 +15,7 @@
 // Q and O are kept in the same "engine order" as the converted rows (bf16: even/odd permuted
 // within each 32-element chunk); end_task restores natural order before the driver reads O.
 template <DType DT>
-struct EngineDecode : SoftmaxRowsAvx512<EngineDecode<DT>> {
+struct EngineDecode : EngineRowState<16, 256, 256 + 80>, SoftmaxRowsAvx512<EngineDecode<DT>> {
   static constexpr int kRows = 16;  // rows per task: R * D/16 FMAs per key stay under the
                                     // DRAM time of a K+V row (~95 cycles at 13 GB/s, D=128)
   static constexpr int kBq = kRows, kBk = 256;  // S = 16 KiB, partial sums 16 KiB: L1
@@ -25,46 +25,24 @@ struct EngineDecode : SoftmaxRowsAvx512<EngineDecode<DT>> {
     explicit Shared(const Problem&) {}
   };
   int64_t D, Dv;  // Dv = D rounded up to 32 (engine vectors come in even/odd pairs)
-  Buf bq, bs, bo, bacc, btmp;
-  float *Q, *S, *O, *acc, *tmp, *tmp2;
+  Buf bq, bacc;
+  float *Q, *acc;
   const void* kdat = nullptr;
   const void* vdat = nullptr;
   int64_t koff = 0, voff = 0, kss = 0, vss = 0;
-  RowMeta meta_[kBq];
-  float m_[kBq], l_[kBq];
-  uint8_t cls_[kBq];
-  int kend_[kBq];
   int R_ = 0;
-  alignas(64) uint32_t words_[kWords];
-  int nbad_ = 0;    // value rows of the current block with a NaN / Inf (see load_kv)
-  int bad_[kBk];
   Buf bvz;          // the block's values with those rows zeroed (only for such blocks)
 
-  EngineDecode(const Problem& p, const Shared&) : D(p.D), Dv(round_up(p.D, 32)) {
+  EngineDecode(const Problem& p, const Shared&) : EngineRowState(round_up(p.D, 32)), D(p.D), Dv(round_up(p.D, 32)) {
+    static_assert(kBq == 16 && kBk == 256 && kWords == 256 + 80, "EngineRowState arguments");
     Q = bq.get<float>(size_t(kBq * Dv));
-    S = bs.get<float>(size_t(kBq * kBk));
-    O = bo.get<float>(size_t(kBq * Dv));
     acc = bacc.get<float>(size_t(kBq * 16 * 16));
-    tmp = btmp.get<float>(size_t(2 * Dv));
-    tmp2 = tmp + Dv;
   }
   static constexpr int kStrip = kBq;
   static constexpr bool kOverlap = false;
   static constexpr int kRowsPerStep = 1;
   template <class F> void qk_overlap(int, int, int, F&) {}
   template <class F> void pv_overlap(int, int, int, F&) {}
-  RowMeta* meta() { return meta_; }
-  float* mvec() { return m_; }
-  float* lvec() { return l_; }
-  uint8_t* clsvec() { return cls_; }
-  int* kendvec() { return kend_; }
-  uint32_t* wordbuf() { return words_; }
-  float* tmprow() { return tmp; }
-  float* tmprow2() { return tmp2; }
-  float* orow(int r) { return O + r * Dv; }
-  float* srow(int r) { return S + r * kBk; }
-  int nbad_v() const { return nbad_; }
-  const int* bad_v() const { return bad_; }
   float p_at(int r, int jj) const { return S[r * kBk + jj]; }
   // position of element d in an O row (engine order: bf16 even / odd lanes per 32-chunk)
   static int64_t opos(int64_t d) {

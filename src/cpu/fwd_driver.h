@@ -320,38 +320,32 @@ inline float logits_row_scalar(const Problem& p, const RowMeta& rm, float* s, in
   return mx;
 }
 
-// ---- fp32 engine state ---------------------------------------------------------------------
-// Per-thread buffers and per-row state shared by the fp32 engines (portable, AVX-512), with the
-// accessors run_task uses. Dp = D rounded up to 16; the engine allocates Q, Kt, V in its own layout.
-//   S [kBq][kBk] fp32 logits, overwritten with P;   O [kBq][Dp] fp32 unnormalised output
+// ---- per-row state of every engine -----------------------------------------------------------
+// What run_task reads and writes in every engine, with its accessors: S [kBq][kBk] fp32 logits
+// (overwritten with P by the engines that keep P in fp32), O [kBq][ostride] fp32 unnormalised
+// output, two scratch rows of ostride floats, per row m, l, the block class, kend and RowMeta,
+// the block's dropout words, and the keys of the block whose value row has a NaN / Inf (zeroed
+// in the engine's V, added back by fix_bad_v where P != 0: masked / dropped P never meets them).
 template <int kBq_, int kBk_, int kWords_>
-struct EngineF32State {
-  static constexpr int kBq = kBq_, kBk = kBk_, kWords = kWords_;
-  static constexpr int kStrip = kBq;
-  static constexpr bool kOverlap = false;  // no QK/softmax/PV software pipeline
-  static constexpr int kRowsPerStep = 1;   // rows per QK/softmax/PV strip (run_task)
+struct EngineRowState {
+  int64_t ostride;  // floats per O row and per scratch row
+  Buf bs, bo, btmp;
+  float *S, *O, *tmp, *tmp2;
+  RowMeta meta_[kBq_];
+  float m_[kBq_], l_[kBq_];
+  uint8_t cls_[kBq_];
+  int kend_[kBq_];
+  alignas(64) uint32_t words_[kWords_];
+  int nbad_ = 0;
+  int bad_[kBk_];
 
-  int64_t D, Dp;
-  Buf bq, bkt, bv, bs, bo, btmp;
-  float *Q = nullptr, *Kt = nullptr, *V = nullptr, *S, *O, *tmp, *tmp2;
-  RowMeta meta_[kBq];
-  float m_[kBq], l_[kBq];
-  uint8_t cls_[kBq];
-  int kend_[kBq];
-  alignas(64) uint32_t words_[kWords];
-  int nbad_ = 0;  // value rows of the current block with a NaN / Inf: zeroed in V, added back
-  int bad_[kBk];  // by fix_bad_v where P != 0 (masked / dropped P never meets them)
-
-  explicit EngineF32State(int64_t d) : D(d), Dp(round_up(d, 16)) {
-    S = bs.get<float>(size_t(kBq * kBk));
-    O = bo.get<float>(size_t(kBq * Dp));
-    tmp = btmp.get<float>(size_t(2 * Dp));
-    tmp2 = tmp + Dp;
+  explicit EngineRowState(int64_t os) : ostride(os) {
+    S = bs.get<float>(size_t(kBq_ * kBk_));
+    O = bo.get<float>(size_t(kBq_ * os));
+    tmp = btmp.get<float>(size_t(2 * os));
+    tmp2 = tmp + os;
   }
-  template <class F> void qk_overlap(int, int, int, F&) {}
-  template <class F> void pv_overlap(int, int, int, F&) {}
   RowMeta* meta() { return meta_; }
-  void end_task() {}
   float* mvec() { return m_; }
   float* lvec() { return l_; }
   uint8_t* clsvec() { return cls_; }
@@ -359,11 +353,31 @@ struct EngineF32State {
   uint32_t* wordbuf() { return words_; }
   float* tmprow() { return tmp; }
   float* tmprow2() { return tmp2; }
-  float* orow(int r) { return O + r * Dp; }
-  float* srow(int r) { return S + r * kBk; }
+  float* orow(int r) { return O + r * ostride; }
+  float* srow(int r) { return S + r * kBk_; }
   int nbad_v() const { return nbad_; }
   const int* bad_v() const { return bad_; }
-  float p_at(int r, int jj) const { return S[r * kBk + jj]; }
+};
+
+// ---- fp32 engine state ---------------------------------------------------------------------
+// The fp32 engines (portable, AVX-512): P kept in S, no software pipeline. Dp = D rounded up to
+// 16 (the O row stride); the engine allocates Q, Kt, V in its own layout.
+template <int kBq_, int kBk_, int kWords_>
+struct EngineF32State : EngineRowState<kBq_, kBk_, kWords_> {
+  static constexpr int kBq = kBq_, kBk = kBk_, kWords = kWords_;
+  static constexpr int kStrip = kBq;
+  static constexpr bool kOverlap = false;  // no QK/softmax/PV software pipeline
+  static constexpr int kRowsPerStep = 1;   // rows per QK/softmax/PV strip (run_task)
+
+  int64_t D, Dp;
+  Buf bq, bkt, bv;
+  float *Q = nullptr, *Kt = nullptr, *V = nullptr;
+
+  explicit EngineF32State(int64_t d) : EngineRowState<kBq_, kBk_, kWords_>(round_up(d, 16)), D(d), Dp(round_up(d, 16)) {}
+  template <class F> void qk_overlap(int, int, int, F&) {}
+  template <class F> void pv_overlap(int, int, int, F&) {}
+  void end_task() {}
+  float p_at(int r, int jj) const { return this->S[r * kBk + jj]; }
   static int64_t opos(int64_t d) { return d; }
 };
 
