@@ -625,10 +625,10 @@ TEST(ForwardKernels, DecodeEngineTails) {
                    {6, 2, 5, 129, 48, 2, 1, 0.8, "BSH"},  {16, 1, 1, 600, 80, 0, 0, 1.0, "BNSD"},
                    {3, 3, 16, 257, 128, 1, 0, 1.0, "BNSD"}, {5, 1, 3, 1100, 144, 0, 0, 0.9, "BSND"},
                    {2, 2, 1, 70, 256, 0, 1, 1.0, "BNSD"}, {2, 1, 1, 40, 768, 0, 0, 1.0, "BNSD"}};
-  int k = 0;
-  for (const Dc& d : cs) {
+  // pse 3 = generated ALiBi of the given pse_type
+  auto to_case = [](const Dc& d, DType dt, int alibi_type) {
     Case c;
-    c.dt = kDtypes[k++ % 3];
+    c.dt = dt;
     c.layout = d.layout;
     c.N1 = d.N1;
     c.N2 = d.N2;
@@ -637,8 +637,13 @@ TEST(ForwardKernels, DecodeEngineTails) {
     c.D = d.D;
     c.mask = d.mask;
     c.pse = d.pse;
-    if (d.pse == 3) c.pse_type = 2;
+    if (d.pse == 3) c.pse_type = alibi_type;
     c.keep = d.keep;
+    return c;
+  };
+  int k = 0;
+  for (const Dc& d : cs) {
+    Case c = to_case(d, kDtypes[k++ % 3], 2);
     check(c);
     c.dt = kDtypes[k % 3];
     check(c);
@@ -649,18 +654,7 @@ TEST(ForwardKernels, DecodeEngineTails) {
                    {6, 2, 2, 257, 96, 1, 0, 1.0, "BNSD"}, {16, 4, 4, 515, 128, 2, 3, 0.8, "BSH"},
                    {8, 1, 2, 47, 256, 0, 0, 1.0, "BNSD"}, {4, 4, 3, 1900, 64, 0, 0, 0.9, "BNSD"}};
   for (const Dc& d : bs) {
-    Case c;
-    c.dt = DType::bfloat16;
-    c.layout = d.layout;
-    c.N1 = d.N1;
-    c.N2 = d.N2;
-    c.S1 = d.S1;
-    c.S2 = d.S2;
-    c.D = d.D;
-    c.mask = d.mask;
-    c.pse = d.pse;
-    if (d.pse == 3) c.pse_type = 3;
-    c.keep = d.keep;
+    Case c = to_case(d, DType::bfloat16, 3);
     check(c);
     c.mode = 3;  // causal band: kPrefix rows on the diagonal
     c.mask = 3;
