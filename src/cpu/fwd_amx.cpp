@@ -41,6 +41,7 @@
 #include "cpu/fwd_driver.h"
 
 #include <atomic>
+#include <mutex>
 
 #include "common/cpu_features.h"
 #include "cpu/fwd_kernels.h"
@@ -151,95 +152,129 @@ struct EngineAmx : EngineRowState<SA_AMX_BQ, SA_AMX_BK, 256 + 80> {
   using T = Terms<kParts>;
   static constexpr int kNqk = int(sizeof(T::qk) / sizeof(Term)), kNpv = int(sizeof(T::pv) / sizeof(Term));
 
-  // Memory budget of the shared pre-pack. Above it (e.g. S2 = 131072, D 128, bf16: K + V packs
-  // are 64 MiB) no pre-pack is made: every engine packs the K/V block it is about to use into
-  // its own kBk-key buffers (Shared::local), repacking per q-block (dev/14_local_pack.txt).
+  // Memory budget of the shared K/V packs. The packs live in head slots, each holding the
+  // packed K and V of one (b, kv head) for every query head and q-block that reads them:
+  //   - every head fits the budget: one slot per head;
+  //   - else threads + 1 slots fit (e.g. fp32 B1 N16 S4096 D128: 96 MiB for all 16 heads, 6 MiB
+  //     per head): the slots are recycled. Tasks run grouped by kv head, so at most threads + 1
+  //     heads are open at once; a slot whose head has no running task is reassigned (least
+  //     recently used first) and repacked. Per-block packing instead of recycled slots cost
+  //     ~20% there (dev/19_pack_slots.txt);
+  //   - else (e.g. S2 = 131072, D 128, bf16: one head's packs are 64 MiB) no shared pack: every
+  //     engine packs the K/V block it is about to use into its own kBk-key buffers, repacking
+  //     per q-block (dev/14_local_pack.txt).
 #ifndef SA_AMX_PREPACK_MIB
 #define SA_AMX_PREPACK_MIB 48
 #endif
   static constexpr int64_t kMaxPrePackBytes = int64_t(SA_AMX_PREPACK_MIB) << 20;
 
-  // The shared pack is filled lazily, one (b, kv head, kPackKeys-key chunk) at a time, by the
-  // first engine whose block needs it (ensure_packed, from load_kv): the chunk is packed right
-  // before its first use, still in L2, where a pre-pass packed every head first and the tasks
-  // read the packs back from DRAM (dev/17_causal_fixed_cost.txt). Chunk states (atomic): 0 not
-  // packed, 1 being packed (~30 us; engines that need it pack ahead meanwhile), 2 packed. The
-  // contents do not depend on which thread packs (bit-identity).
+  // A slot's pack is filled lazily, one kPackKeys-key chunk at a time, by the first engine
+  // whose block needs it (ensure_packed, from load_kv): the chunk is packed right before its
+  // first use, still in L2, where a pre-pass packed every head first and the tasks read the
+  // packs back from DRAM (dev/17_causal_fixed_cost.txt). Chunk states (atomic): 0 not packed,
+  // 1 being packed (~30 us; engines that need it pack ahead meanwhile), 2 packed. The
+  // contents do not depend on which thread packs, nor on which slot (bit-identity).
   struct Shared {
     int64_t D = 0, Dp32 = 0, Dp16 = 0;
-    bool local = false;                     // no pre-pack: engines pack per block (see above)
-    std::vector<int64_t> skvp, koff, voff;  // per (b, g): padded keys, word offsets
-    std::vector<int64_t> joff;              // per (b, g): first key in vbad
-    std::vector<int64_t> coff;              // per (b, g): first chunk in state
-    std::vector<uint8_t> vbad;              // per key: the value row has a NaN / Inf (packed as 0)
-    std::unique_ptr<std::atomic<uint8_t>[]> state;  // per chunk: 0 / 1 / 2 (see above)
-    Scratch kvbuf;  // K then V packs, kept across calls (common/scratch_cache.h)
-    int64_t kw = 0, vw = 0;     // words of one part's K / V pack
-    uint32_t* kp[kParts] = {};  // K / V packs of each part (same offsets)
-    uint32_t* vp[kParts] = {};
+    int64_t njs = 0, nchunk = 0;  // keys (padded) and chunks of one slot: the longest head's
+    int64_t kw = 0, vw = 0;       // words of one part's K / V pack in one slot
+    int nslots = 0;               // 0: no shared pack, engines pack per block (see above)
+    std::vector<int64_t> skvp;    // per b: keys rounded up to 32
+    struct Slot {
+      int64_t bg = -1;    // the (b, kv head) packed here, -1 none
+      int users = 0;      // running tasks of that head
+      uint64_t used = 0;  // release tick (least recently used first)
+    };
+    std::mutex mu;  // guards slot_of, slots, tick
+    std::vector<int> slot_of;  // per (b, g): its slot, -1 none
+    std::vector<Slot> slots;
+    uint64_t tick = 0;
+    std::vector<uint8_t> vbad;                      // [slot][njs]: the value row has a NaN / Inf (packed as 0)
+    std::unique_ptr<std::atomic<uint8_t>[]> state;  // [slot][nchunk]: 0 / 1 / 2 (see above)
+    Scratch kvbuf;  // K then V packs of every slot, kept across calls (common/scratch_cache.h)
+    uint32_t* kp[kParts] = {};  // part i: K packs [slot][njs/16][Dp32/2][16] words
+    uint32_t* vp[kParts] = {};  //         V packs [slot][njs/32][Dp16/16][16][16] words
     explicit Shared(const Problem& p) : D(p.D), Dp32(round_up(p.D, 32)), Dp16(round_up(p.D, 16)) {
-      const int64_t BG = p.B * p.N2;
+      int64_t heads = 0;
       skvp.resize(size_t(p.B));
-      koff.resize(size_t(BG));
-      voff.resize(size_t(BG));
-      joff.resize(size_t(BG));
-      coff.resize(size_t(BG));
-      int64_t jw = 0, cw = 0;
       for (int64_t b = 0; b < p.B; ++b) {
         skvp[size_t(b)] = round_up(p.skv[size_t(b)], 32);
-        const bool used = p.sq[size_t(b)] > 0;
-        for (int64_t g = 0; g < p.N2; ++g) {
-          koff[size_t(b * p.N2 + g)] = kw;
-          voff[size_t(b * p.N2 + g)] = vw;
-          joff[size_t(b * p.N2 + g)] = jw;
-          coff[size_t(b * p.N2 + g)] = cw;
-          if (!used) continue;
-          jw += skvp[size_t(b)];
-          cw += ceil_div(skvp[size_t(b)], kPackKeys);
-          kw += Dp32 / 2 * skvp[size_t(b)];
-          vw += skvp[size_t(b)] / 2 * Dp16;
-        }
+        if (p.sq[size_t(b)] == 0) continue;
+        heads += p.N2;
+        njs = std::max(njs, skvp[size_t(b)]);
       }
-      local = (kw + vw) * int64_t(sizeof(uint32_t)) * kParts > kMaxPrePackBytes;
-      if (local) return;
-      vbad.assign(size_t(jw), 0);
-      state.reset(new std::atomic<uint8_t>[size_t(cw)]);
-      for (int64_t c = 0; c < cw; ++c) state[size_t(c)].store(0, std::memory_order_relaxed);
-      uint32_t* k0 = kvbuf.get<uint32_t>(size_t((kw + vw) * kParts));  // pack() writes every word
-      uint32_t* v0 = k0 + kw * kParts;
+      kw = Dp32 / 2 * njs;
+      vw = njs / 2 * Dp16;
+      nchunk = ceil_div(njs, kPackKeys);
+      const int64_t slot_bytes = (kw + vw) * int64_t(sizeof(uint32_t)) * kParts,
+                    open = std::min<int64_t>(heads, pool_threads() + 1);
+      if (slot_bytes == 0) return;
+      nslots = int(heads * slot_bytes <= kMaxPrePackBytes ? heads : open * slot_bytes <= kMaxPrePackBytes ? open : 0);
+      if (nslots == 0) return;
+      slot_of.assign(size_t(p.B * p.N2), -1);
+      slots.resize(size_t(nslots));
+      vbad.assign(size_t(nslots * njs), 0);
+      state.reset(new std::atomic<uint8_t>[size_t(nslots * nchunk)]);
+      uint32_t* k0 = kvbuf.get<uint32_t>(size_t((kw + vw) * kParts * nslots));  // pack() writes every word
+      uint32_t* v0 = k0 + kw * kParts * nslots;
       for (int i = 0; i < kParts; ++i) {
-        kp[i] = k0 + i * kw;
-        vp[i] = v0 + i * vw;
+        kp[i] = k0 + i * kw * nslots;
+        vp[i] = v0 + i * vw * nslots;
       }
     }
-    // Makes sure keys [j0, j1) of (b, g) are packed: packs the chunks nobody claimed; while
-    // another engine packs one, packs the head's next unclaimed chunks (needed soon by both)
-    // before waiting for it.
-    void ensure_packed(const Problem& p, int64_t b, int64_t g, int64_t j0, int64_t j1) {
-      const int64_t bg = b * p.N2 + g, nc = ceil_div(skvp[size_t(b)], kPackKeys);
+    // The slot of head bg for one task (-1: none free, pack per block), held until release.
+    // A head without a slot takes the free slot released longest ago; its chunks restart
+    // unpacked. With threads + 1 slots one is always free (<= threads running tasks).
+    int acquire(int64_t bg) {
+      std::lock_guard<std::mutex> lock(mu);
+      int s = slot_of[size_t(bg)];
+      if (s < 0) {
+        for (int c = 0; c < nslots; ++c)
+          if (slots[size_t(c)].users == 0 && (s < 0 || slots[size_t(c)].used < slots[size_t(s)].used)) s = c;
+        if (s < 0) return -1;
+        Slot& sl = slots[size_t(s)];
+        if (sl.bg >= 0) slot_of[size_t(sl.bg)] = -1;
+        sl.bg = bg;
+        slot_of[size_t(bg)] = s;
+        for (int64_t c = 0; c < nchunk; ++c) state[size_t(s * nchunk + c)].store(0, std::memory_order_relaxed);
+      }
+      ++slots[size_t(s)].users;
+      return s;
+    }
+    void release(int s) {
+      std::lock_guard<std::mutex> lock(mu);
+      --slots[size_t(s)].users;
+      slots[size_t(s)].used = ++tick;
+    }
+    // Makes sure keys [j0, j1) of (b, g), held in slot s, are packed: packs the chunks nobody
+    // claimed; while another engine packs one, packs the head's next unclaimed chunks (needed
+    // soon by both) before waiting for it.
+    void ensure_packed(const Problem& p, int64_t b, int64_t g, int s, int64_t j0, int64_t j1) {
+      const int64_t nc = ceil_div(skvp[size_t(b)], kPackKeys);
       int64_t ahead = j0 / kPackKeys + 1;
       for (int64_t c = j0 / kPackKeys; c * kPackKeys < j1; ++c) {
-        const std::atomic<uint8_t>& st = state[size_t(coff[size_t(bg)] + c)];
-        if (st.load(std::memory_order_acquire) == 2 || try_pack(p, b, g, c)) continue;
+        const std::atomic<uint8_t>& st = state[size_t(s * nchunk + c)];
+        if (st.load(std::memory_order_acquire) == 2 || try_pack(p, b, g, s, c)) continue;
         for (ahead = std::max(ahead, c + 1); ahead < nc && st.load(std::memory_order_acquire) != 2; ++ahead)
-          try_pack(p, b, g, ahead);
+          try_pack(p, b, g, s, ahead);
         while (st.load(std::memory_order_acquire) != 2) _mm_pause();
       }
     }
-    // Packs chunk c of (b, g) if nobody claimed it; returns whether this call packed it.
-    bool try_pack(const Problem& p, int64_t b, int64_t g, int64_t c) {
-      const int64_t bg = b * p.N2 + g;
-      std::atomic<uint8_t>& st = state[size_t(coff[size_t(bg)] + c)];
+    // Packs chunk c of (b, g) into slot s if nobody claimed it; returns whether this call packed it.
+    bool try_pack(const Problem& p, int64_t b, int64_t g, int s, int64_t c) {
+      std::atomic<uint8_t>& st = state[size_t(s * nchunk + c)];
       uint8_t expect = 0;
       if (st.load(std::memory_order_relaxed) != 0 || !st.compare_exchange_strong(expect, 1, std::memory_order_acquire))
         return false;
-      const int64_t c0 = c * kPackKeys, kat = koff[size_t(bg)] + (c0 / 16) * (Dp32 / 2) * 16,
-                    vat = voff[size_t(bg)] + (c0 / 32) * (Dp16 / 16) * 256;
-      pack(p, b, g, c0, std::min(kPackKeys, skvp[size_t(b)] - c0), kp[0] + kat, vp[0] + vat, kw, vw,
-           vbad.data() + joff[size_t(bg)] + c0);
+      const int64_t c0 = c * kPackKeys;
+      pack(p, b, g, c0, std::min(kPackKeys, skvp[size_t(b)] - c0), kslot(s, c0), vslot(s, c0), kw * nslots,
+           vw * nslots, vbad.data() + s * njs + c0);
       st.store(2, std::memory_order_release);
       return true;
     }
+    // Part-0 K / V packs of slot s at key j (j % 32 == 0); part i is i planes further.
+    uint32_t* kslot(int s, int64_t j) const { return kp[0] + s * kw + (j / 16) * (Dp32 / 2) * 16; }
+    uint32_t* vslot(int s, int64_t j) const { return vp[0] + s * vw + (j / 32) * (Dp16 / 16) * 256; }
     // Packs keys [j0, j0 + nj) (j0 and nj multiples of 32; keys >= S2 as 0) of (b, kv head g):
     // part i of K to kdst + i * kplane, of V to vdst + i * vplane; bad[j - j0] = 1 where the
     // value row j has a NaN / Inf. The destinations point at the block of key j0.
@@ -299,12 +334,13 @@ struct EngineAmx : EngineRowState<SA_AMX_BQ, SA_AMX_BK, 256 + 80> {
 
   Shared& sh;
   int64_t D, Dp32, Dp16;
-  Buf bq, bp, blk, blv;  // blk, blv: the block's K/V parts (Shared::local)
+  Buf bq, bp, blk, blv;  // blk, blv: the block's K/V parts (when the task has no head slot)
   uint16_t* Qb;  // [kParts][kBq][Dp32] bf16 parts of Q
   uint16_t* P;   // kPParts 3: [3][kBq][kBk] bf16 parts of P; kPParts 2: none, P is written over S
   const uint32_t* kcur[kParts] = {};  // K / V packs of each part at the block's first key
   const uint32_t* vcur[kParts] = {};
-  uint8_t lbad_[kBk];  // the block's value-row flags (Shared::local)
+  uint8_t lbad_[kBk];  // the block's value-row flags (no slot)
+  int slot_ = -1;      // the task's head slot in sh, -1: blocks packed into blk / blv
 
   EngineAmx(const Problem& p, Shared& s)
       : EngineRowState(round_up(p.D, 16)), sh(s), D(p.D), Dp32(round_up(p.D, 32)), Dp16(round_up(p.D, 16)) {
@@ -351,7 +387,8 @@ struct EngineAmx : EngineRowState<SA_AMX_BQ, SA_AMX_BK, 256 + 80> {
     store_row_avx512(base, dt, off, src, D);
   }
 
-  void begin_task(const Problem& p, int64_t b, int64_t, const RowMeta* rm, int R) {
+  void begin_task(const Problem& p, int64_t b, int64_t g, const RowMeta* rm, int R) {
+    slot_ = sh.nslots ? sh.acquire(b * p.N2 + g) : -1;
     load_tile_config();
     const int R32 = int(round_up(R, 32));
     for (int r = 0; r < R32; ++r) {
@@ -365,12 +402,16 @@ struct EngineAmx : EngineRowState<SA_AMX_BQ, SA_AMX_BK, 256 + 80> {
     }
     std::memset(O, 0, size_t(R32 * Dp16) * sizeof(float));
   }
-  void end_task() { _tile_release(); }
+  void end_task() {
+    _tile_release();
+    if (slot_ >= 0) sh.release(slot_);
+    slot_ = -1;
+  }
 
   void load_kv(const Problem& p, int64_t b, int64_t g, int64_t j0, int jn) {
     nbad_ = 0;
     const uint8_t* vb;
-    if (sh.local) {  // pack this block now: K [kBk/16][Dp32/2][16], V [kBk/32][Dp16/16][16][16] words per part
+    if (slot_ < 0) {  // pack this block now: K [kBk/16][Dp32/2][16], V [kBk/32][Dp16/16][16][16] words per part
       const int64_t kw = kBk / 2 * Dp32, vw = kBk / 2 * Dp16;
       uint32_t *k = blk.get<uint32_t>(size_t(kw * kParts)), *v = blv.get<uint32_t>(size_t(vw * kParts));
       sh.pack(p, b, g, j0, round_up(jn, 32), k, v, kw, vw, lbad_);
@@ -380,14 +421,12 @@ struct EngineAmx : EngineRowState<SA_AMX_BQ, SA_AMX_BK, 256 + 80> {
       }
       vb = lbad_;
     } else {
-      sh.ensure_packed(p, b, g, j0, j0 + jn);
-      const int64_t bg = b * p.N2 + g, kat = sh.koff[size_t(bg)] + (j0 / 16) * (Dp32 / 2) * 16,
-                    vat = sh.voff[size_t(bg)] + (j0 / 32) * (Dp16 / 16) * 256;
+      sh.ensure_packed(p, b, g, slot_, j0, j0 + jn);
       for (int i = 0; i < kParts; ++i) {
-        kcur[i] = sh.kp[i] + kat;
-        vcur[i] = sh.vp[i] + vat;
+        kcur[i] = sh.kslot(slot_, j0) + i * sh.kw * sh.nslots;
+        vcur[i] = sh.vslot(slot_, j0) + i * sh.vw * sh.nslots;
       }
-      vb = sh.vbad.data() + sh.joff[size_t(bg)] + j0;
+      vb = sh.vbad.data() + slot_ * sh.njs + j0;
     }
     for (int jj = 0; jj < jn; ++jj)
       if (vb[jj]) bad_[nbad_++] = jj;

@@ -256,6 +256,42 @@ def test_long_kv_packed_per_block(sa, dtype, mode, kw):
     twin.assert_stats_close(got[2], ref[2], "softmax_sum")
 
 
+# Keys per kv head at which 16 kv heads' packs (bf16 512, fp16 1024, fp32 1536 bytes per key at
+# D 128) exceed the 48 MiB pre-pack budget while threads + 1 heads fit it: the AMX kernels then
+# recycle a few head slots (fwd_amx.cpp Shared::acquire); with tail blocks.
+_SLOT_PACK_S2 = {"bfloat16": 8192 + 333, "float16": 4096 + 333, "float32": 4096 + 333}
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32"])
+def test_kv_heads_share_recycled_pack_slots(sa, dtype):
+    """16 kv heads whose packs exceed the pre-pack budget: slots packed, handed to later heads and
+    repacked; one head's value row holds an Inf (its flag must not leak into the heads that reuse
+    the slot). Compared with the float64 twin, and bit-identical for 1, 2 and 7 threads (7: the
+    slots no longer fit, every block is packed by its task)."""
+    D, N1, N2, S1, S2 = 128, 32, 16, 40, _SLOT_PACK_S2[dtype]
+    rng = np.random.default_rng(11)
+    q, k, v = _rand((1, S1, N1, D), dtype, rng), _rand((1, S2, N2, D), dtype, rng), _rand((1, S2, N2, D), dtype, rng)
+    v[0, 300, 5, 7] = np.inf
+    args = dict(scale=1 / math.sqrt(D))
+    old = sa.get_num_threads()
+    got = {}
+    try:
+        for t in (1, 2, 7):
+            sa.set_num_threads(t)
+            got[t] = [_np(x) for x in _fwd(sa, q, k, v, N1, "BSND", **args)[:3]]
+    finally:
+        sa.set_num_threads(old)
+    for t in (2, 7):
+        for a, b in zip(got[1], got[t]):
+            np.testing.assert_array_equal(a, b, err_msg=f"{dtype}: 1 vs {t} threads")
+    ref = twin.forward(q, k, v, N1, "BSND", **args)
+    _same_nonfinite_and_close(got[1][0], ref[0], dtype, f"pack slots {dtype} out")
+    out = got[1][0]  # only query heads 10, 11 (kv head 5) read the Inf, in column 7
+    assert np.isinf(out[0, :, 10:12, 7]).all() and np.isfinite(out).sum() == out.size - 2 * S1
+    twin.assert_stats_close(got[1][1], ref[1], "softmax_max")
+    twin.assert_stats_close(got[1][2], ref[2], "softmax_sum")
+
+
 @pytest.mark.skipif(not _large_enabled(), reason="needs >= 10 GiB available memory (SPEEDATTN_LARGE=1 forces)")
 def test_bsh_band_key_beyond_2_31_elements(sa):
     """BSH key/value (1, 2^24 + 64, 128) bf16 with a bottom-right band (sparse_mode 4,
