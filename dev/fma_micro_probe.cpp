@@ -5,8 +5,9 @@
 //   * 24 independent vfmadd231ps chains with no loads (the FMA peak), and with n broadcast loads
 //     per 24 FMAs that nothing consumes (load-port pressure alone);
 //   * register-blocked C[MR][16*NV] += A B micro-kernels (A broadcast from rows at stride 144,
-//     B rows at stride 144, C loaded / stored per call) over L1-resident operands, K = 128: the
-//     ceiling of the GEMM loop bwd_engine_avx512.h runs (6 x 64) and of alternatives.
+//     B rows at stride 144, C loaded / stored per call), K = 128: the ceiling of the GEMM loop
+//     bwd_engine_avx512.h runs (6 x 64) and of alternatives; M x N 60 x 128 / 64 x 96 touch
+//     more B than L1 holds (L2-fed), 24 x 64 / 24 x 48 are L1-resident.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -94,7 +95,7 @@ static void gemm_l1(int M, int N) {
         }
     best = std::min(best, cpu_now() - c0);
   }
-  std::printf("micro-kernel %2d x %2d, M %d N %d K %d (L1): %6.1f GFLOP per cpu-s\n", MR, 16 * NV, M, N, K,
+  std::printf("micro-kernel %2d x %2d, M %d N %d K %d: %6.1f GFLOP per cpu-s\n", MR, 16 * NV, M, N, K,
               flop / best / 1e9);
   std::free(A), std::free(B), std::free(C);
 }
@@ -107,5 +108,9 @@ int main() {
   gemm_l1<8, 3>(64, 96);
   gemm_l1<4, 6>(64, 96);
   gemm_l1<12, 2>(60, 128);
+  // One B panel of the kernel's width (K 128 x 64 / 48 columns: 32 / 24 KiB) and 24 A rows:
+  // the cases above touch 64 / 48 KiB of B, more than the 48 KiB L1 (dev/bwd_07_fp32_ceiling.md)
+  gemm_l1<6, 4>(24, 64);
+  gemm_l1<8, 3>(24, 48);
   return 0;
 }

@@ -71,10 +71,11 @@ struct WorkerSuper : Worker<E> {
       for (int64_t i0 = ia; i0 < ie; i0 += kBq) {
         const int ni = int(std::min<int64_t>(kBq, ie - i0));
         bool loaded = false;  // Q / dY rows i0 .. i0 + ni copied (on the first key tile that needs them)
+        this->row_metas(b, n, i0, ni);  // key-independent: once per q tile, not per key tile
         for (int s0 = 0; s0 < jn; s0 += kBk) {
           const int sn = std::min(kBk, jn - s0);
           int rlo, rhi;
-          this->classify(b, n, i0, ni, j0 + s0, sn, &rlo, &rhi);
+          this->classify_keys(ni, j0 + s0, sn, &rlo, &rhi);
           if (rlo >= rhi) continue;
           if (!loaded) {
             for (int r = 0; r < ni; ++r) {
