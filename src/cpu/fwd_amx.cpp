@@ -159,7 +159,7 @@ struct EngineAmx : EngineRowState<SA_AMX_BQ, SA_AMX_BK, 256 + 80> {
   //     per head): the slots are recycled. Tasks run grouped by kv head, so at most threads + 1
   //     heads are open at once; a slot whose head has no running task is reassigned (least
   //     recently used first) and repacked. Per-block packing instead of recycled slots cost
-  //     ~20% there (dev/19_pack_slots.txt);
+  //     ~20% there (dev/20_pack_slots.txt);
   //   - else (e.g. S2 = 131072, D 128, bf16: one head's packs are 64 MiB) no shared pack: every
   //     engine packs the K/V block it is about to use into its own kBk-key buffers, repacking
   //     per q-block (dev/14_local_pack.txt).
