@@ -285,3 +285,32 @@ def test_grad_dy_shape_error(sa):
                                        softmax_sum=sm, attention_in=out, seed=seed,
                                        offset=offset, numels=numels)
     assert "dy" in str(info.value)
+
+
+def _template_variants():
+    """(id, mask, accepted) for sparse_mode 3: every cell role of the template checked in both
+    directions, non-0/1 values, and a strided (non-contiguous) view."""
+    good = twin.causal_template()
+    out = [("exact", good, True), ("uint8-nonzero-2", good.astype(np.uint8) * 2, True)]
+    for i, j, what in ((5, 100, "upper-kept"), (100, 5, "lower-masked"), (7, 7, "diagonal-masked"),
+                       (2047, 2047, "last-diagonal-masked"), (0, 2047, "corner-kept")):
+        t = good.copy()
+        t[i, j] = not t[i, j]
+        out.append((what, t, False))
+    wide = np.zeros((2048, 4096), dtype=bool)
+    wide[:, ::2] = good
+    out.append(("strided", wide[:, ::2], True))
+    wide[4, 2 * 3] = True  # (4, 3) masked: below the diagonal
+    out.append(("strided-wrong", wide[:, ::2], False))
+    return out
+
+
+@pytest.mark.parametrize("name,mask,accepted", _template_variants(), ids=[v[0] for v in _template_variants()])
+def test_causal_template_check(sa, name, mask, accepted):
+    q, k, v, _ = _base()
+    call = lambda: sa.speed_fusion_attention(q, k, v, N1, "BNSD", sparse_mode=3, atten_mask=mask)  # noqa: E731
+    if accepted:
+        call()
+    else:
+        with pytest.raises(ValueError, match="atten_mask"):
+            call()
