@@ -300,6 +300,7 @@ def _template_variants():
     wide = np.zeros((2048, 4096), dtype=bool)
     wide[:, ::2] = good
     out.append(("strided", wide[:, ::2], True))
+    wide = wide.copy()
     wide[4, 2 * 3] = True  # (4, 3) masked: below the diagonal
     out.append(("strided-wrong", wide[:, ::2], False))
     return out
