@@ -32,8 +32,9 @@
 // rows would be mostly padding, and the pre-pack would not amortise); bf16 decode shapes (2..16
 // rows per kv head, D % 32 == 0) use EngineDecodeAmx below (no pre-pack: K rows are the A operand).
 //
-// Tiles: kBq 256 rows x kBk 256 keys: S 256 KiB (bf16 / fp16: P written over it; fp32: + P
-// 384 KiB) + O 128 KiB (D=128) + Q 64 KiB per core (2 MiB L2). 256 rows per pass over K/V:
+// Tiles: kBq 256 rows x kBk 256 keys: S 272 KiB (rows padded by 64 B; bf16 / fp16: P written
+// over it; fp32: + P 408 KiB) + O 144 KiB (D=128, padded) + Q 64 KiB per core (2 MiB L2).
+// 256 rows per pass over K/V:
 // 4x128 rows x 2 B/key-elem K+V stream is ~0.1 ms per task from L3 against ~0.27 ms of AMX
 // work (machine-limits.md: Bq >= 100-128 needed when K/V come from L3).
 #if defined(__x86_64__) || defined(_M_X64)  // x86-only file (the registry lists it only there)
@@ -141,8 +142,9 @@ struct Terms<3> {
 #endif
 
 // kParts: bf16 parts per input element, 1 (bfloat16), 2 (float16), 3 (float32); see load_parts.
+// S rows of kBk + 16 floats: see kSRow.
 template <int kParts>
-struct EngineAmx : EngineRowState<SA_AMX_BQ, SA_AMX_BK, 256 + 80> {
+struct EngineAmx : EngineRowState<SA_AMX_BQ, SA_AMX_BK, 256 + 80, SA_AMX_BK + 16> {
   static constexpr int kBq = SA_AMX_BQ, kBk = SA_AMX_BK;
   static constexpr int kWords = 256 + 80;
   static constexpr int64_t kPackKeys = 256;  // keys per pre-pass work item
@@ -336,26 +338,37 @@ struct EngineAmx : EngineRowState<SA_AMX_BQ, SA_AMX_BK, 256 + 80> {
   int64_t D, Dp32, Dp16;
   Buf bq, bp, blk, blv;  // blk, blv: the block's K/V parts (when the task has no head slot)
   uint16_t* Qb;  // [kParts][kBq][Dp32] bf16 parts of Q
-  uint16_t* P;   // kPParts 3: [3][kBq][kBk] bf16 parts of P; kPParts 2: none, P is written over S
+  uint16_t* P;   // kPParts 3: [3][kBq][kPRow] bf16 parts of P; kPParts 2: none, P is written over S
   const uint32_t* kcur[kParts] = {};  // K / V packs of each part at the block's first key
   const uint32_t* vcur[kParts] = {};
   uint8_t lbad_[kBk];  // the block's value-row flags (no slot)
   int slot_ = -1;      // the task's head slot in sh, -1: blocks packed into blk / blv
 
   EngineAmx(const Problem& p, Shared& s)
-      : EngineRowState(round_up(p.D, 16)), sh(s), D(p.D), Dp32(round_up(p.D, 32)), Dp16(round_up(p.D, 16)) {
+      : EngineRowState(o_stride(p.D)), sh(s), D(p.D), Dp32(round_up(p.D, 32)), Dp16(round_up(p.D, 16)) {
     Qb = bq.get<uint16_t>(size_t(kParts * kBq * Dp32));
-    if (!kPInS) P = bp.get<uint16_t>(size_t(kPParts * kBq * kBk));
+    if (!kPInS) P = bp.get<uint16_t>(size_t(kPParts * kBq * kPRow));
   }
   uint16_t* qpart(int i) const { return Qb + i * kBq * Dp32; }
+  // Row strides of S and O: padded by one cache line where a power-of-two stride would put the
+  // 16 rows of a tile into a few L1 sets (S rows of 1 KiB: 4 sets; O rows of 512 B: 8 sets), which
+  // every QK C-tile store, P.V A-tile load (P over S) and O-tile load / store hit. Padded, a tile
+  // spans 16 sets: the tile work alone runs ~4-5% faster, the whole kernel 0-1.5%
+  // (dev/21_amx_tile_loop.txt).
+  static constexpr int64_t kSRow = kBk + 16;
+  static int64_t o_stride(int64_t d) {
+    const int64_t dp = round_up(d, 16);
+    return dp % 128 == 0 ? dp + 16 : dp;
+  }
   // P in place over S (kPParts 2): the 128 B of S[r][j, j + 32) take Ph[r][j, j + 32) then
   // Pl[r][j, j + 32) (exp_row reads a 32-key chunk before it writes it), so a strip's S and P
   // share one 32 KiB footprint; A tiles of part i: 16 rows x 64 B at the S row stride. The
-  // three fp32 parts (192 B per 32 keys) keep a separate [3][kBq][kBk] buffer.
+  // three fp32 parts (192 B per 32 keys) keep a separate [3][kBq][kPRow] buffer.
   static constexpr bool kPInS = kPParts == 2;
-  static constexpr int64_t kPRowBytes = kPInS ? kBk * 4 : kBk * 2;
+  static constexpr int64_t kPRow = kBk + 32;  // bf16 per row of the separate P parts (padded as S)
+  static constexpr int64_t kPRowBytes = kPInS ? kSRow * 4 : kPRow * 2;
   uint16_t* ppart(int i, int r, int j) const {  // part i of P[r][j, j + 32), j % 32 == 0
-    return kPInS ? reinterpret_cast<uint16_t*>(S + r * kBk + j) + 32 * i : P + (i * kBq + r) * kBk + j;
+    return kPInS ? reinterpret_cast<uint16_t*>(S + r * kSRow + j) + 32 * i : P + (i * kBq + r) * kPRow + j;
   }
   // Rows per QK/softmax/PV strip: the whole q-block. 32-row strips (S of a strip in L1) were
   // slower: qk 60->68, softmax 74->79, pv 61->89 ms thread-CPU (dev/03_amx_strips.txt).
@@ -400,7 +413,7 @@ struct EngineAmx : EngineRowState<SA_AMX_BQ, SA_AMX_BK, 256 + 80> {
         for (int i = 0; i < kParts; ++i) _mm256_storeu_si256(reinterpret_cast<__m256i*>(qpart(i) + r * Dp32 + d), x[i]);
       }
     }
-    std::memset(O, 0, size_t(R32 * Dp16) * sizeof(float));
+    std::memset(O, 0, size_t(R32 * ostride) * sizeof(float));
   }
   void end_task() {
     _tile_release();
@@ -511,12 +524,12 @@ struct EngineAmx : EngineRowState<SA_AMX_BQ, SA_AMX_BK, 256 + 80> {
           if (SA_AMX_FINE && ++n % kQkStep == 0) step();
         }
       }
-      float* s = S + r * kBk + j;
-      _tile_stored(0, s, kBk * 4);
-      _tile_stored(1, s + 16, kBk * 4);
+      float* s = srow(r) + j;
+      _tile_stored(0, s, kSRow * 4);
+      _tile_stored(1, s + 16, kSRow * 4);
       if (two) {
-        _tile_stored(2, s + 16 * kBk, kBk * 4);
-        _tile_stored(3, s + 16 * kBk + 16, kBk * 4);
+        _tile_stored(2, s + 16 * kSRow, kSRow * 4);
+        _tile_stored(3, s + 16 * kSRow + 16, kSRow * 4);
       }
       if (!SA_AMX_FINE) step();
     }
@@ -526,15 +539,15 @@ struct EngineAmx : EngineRowState<SA_AMX_BQ, SA_AMX_BK, 256 + 80> {
   // (SA_AMX_FINE) or 8.
   template <class F>
   void pv_rows(int r, bool two, int jl, F& step) {
-    const int64_t os = Dp16 * 4, ps = kPRowBytes;
+    const int64_t os = ostride * 4, ps = kPRowBytes;
     int n = 0;
     for (int64_t d = 0; d < Dp16; d += 32) {
       const bool twod = d + 32 <= Dp16;
-      float* o = O + r * Dp16 + d;
+      float* o = orow(r) + d;
       _tile_loadd(0, o, os);
       if (twod) _tile_loadd(1, o + 16, os);
-      if (two) _tile_loadd(2, o + 16 * Dp16, os);
-      if (two && twod) _tile_loadd(3, o + 16 * Dp16 + 16, os);
+      if (two) _tile_loadd(2, o + 16 * ostride, os);
+      if (two && twod) _tile_loadd(3, o + 16 * ostride + 16, os);
       for (int k = 0; k < jl; k += 32) {
 #pragma GCC unroll 8
         for (int t = 0; t < kNpv; ++t) {
@@ -555,8 +568,8 @@ struct EngineAmx : EngineRowState<SA_AMX_BQ, SA_AMX_BK, 256 + 80> {
       }
       _tile_stored(0, o, os);
       if (twod) _tile_stored(1, o + 16, os);
-      if (two) _tile_stored(2, o + 16 * Dp16, os);
-      if (two && twod) _tile_stored(3, o + 16 * Dp16 + 16, os);
+      if (two) _tile_stored(2, o + 16 * ostride, os);
+      if (two && twod) _tile_stored(3, o + 16 * ostride + 16, os);
     }
   }
 

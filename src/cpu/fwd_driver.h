@@ -321,12 +321,12 @@ inline float logits_row_scalar(const Problem& p, const RowMeta& rm, float* s, in
 }
 
 // ---- per-row state of every engine -----------------------------------------------------------
-// What run_task reads and writes in every engine, with its accessors: S [kBq][kBk] fp32 logits
-// (overwritten with P by the engines that keep P in fp32), O [kBq][ostride] fp32 unnormalised
+// What run_task reads and writes in every engine, with its accessors: S [kBq][kSRow_ >= kBk] fp32
+// logits (overwritten with P by the engines that keep P in fp32), O [kBq][ostride] fp32 unnormalised
 // output, two scratch rows of ostride floats, per row m, l, the block class, kend and RowMeta,
 // the block's dropout words, and the keys of the block whose value row has a NaN / Inf (zeroed
 // in the engine's V, added back by fix_bad_v where P != 0: masked / dropped P never meets them).
-template <int kBq_, int kBk_, int kWords_>
+template <int kBq_, int kBk_, int kWords_, int kSRow_ = kBk_>
 struct EngineRowState {
   int64_t ostride;  // floats per O row and per scratch row
   Buf bs, bo, btmp;
@@ -340,7 +340,7 @@ struct EngineRowState {
   int bad_[kBk_];
 
   explicit EngineRowState(int64_t os) : ostride(os) {
-    S = bs.get<float>(size_t(kBq_ * kBk_));
+    S = bs.get<float>(size_t(kBq_ * kSRow_));
     O = bo.get<float>(size_t(kBq_ * os));
     tmp = btmp.get<float>(size_t(2 * os));
     tmp2 = tmp + os;
@@ -354,7 +354,7 @@ struct EngineRowState {
   float* tmprow() { return tmp; }
   float* tmprow2() { return tmp2; }
   float* orow(int r) { return O + r * ostride; }
-  float* srow(int r) { return S + r * kBk_; }
+  float* srow(int r) { return S + r * kSRow_; }
   int nbad_v() const { return nbad_; }
   const int* bad_v() const { return bad_; }
 };
