@@ -774,7 +774,8 @@ struct AmxF32Products {
   const Problem& p;
   int64_t D, Dk, ldb, bplane;  // ldb: dwords per row of a B plane (keys, odd cache lines)
   Buf bqa, bdya, bkb, bvb;
-  uint16_t *Qa, *dYa;  // Q / dY parts of the q tile [3][kRowsA][Dk]
+  uint16_t *Qa, *dYa;  // Q / dY parts of the q tile [3][kRowsA][Dk]; rows from nz on are 0
+  int nz = 0;
   uint32_t *Kb, *Vb;   // K / V parts of the superblock [3][Dk/2][ldb]
 
   AmxF32Products(const Problem& prob, int64_t D_, int64_t, int kSup)
@@ -810,18 +811,23 @@ struct AmxF32Products {
     }
   }
 
-  // Q / dY rows 0 .. ni of the q tile (w.Q, w.dY) as parts; rows ni .. ni + 32 zero.
+  // Q / dY rows 0 .. ni of the q tile (w.Q, w.dY) as parts; rows from ni on zero (rows up to
+  // ni + 32 are read: zeroed where an earlier q tile left values).
   template <class W>
   void load_q(W& w, int ni) {
     const float* qr[kRowsA];
     const float* dr[kRowsA];
-    const int n = std::min(kRowsA, ni + 32);
-    for (int r = 0; r < n; ++r) {
-      qr[r] = r < ni ? w.Q + r * w.Dp : nullptr;
-      dr[r] = r < ni ? w.dY + r * w.Dp : nullptr;
+    for (int r = 0; r < ni; ++r) {
+      qr[r] = w.Q + r * w.Dp;
+      dr[r] = w.dY + r * w.Dp;
     }
-    split_rows_a(qr, n, D, Dk, Qa, Dk, kRowsA * Dk);
-    split_rows_a(dr, n, D, Dk, dYa, Dk, kRowsA * Dk);
+    split_rows_a(qr, ni, D, Dk, Qa, Dk, kRowsA * Dk);
+    split_rows_a(dr, ni, D, Dk, dYa, Dk, kRowsA * Dk);
+    for (int i = 0; i < 3 && nz > ni; ++i) {
+      std::memset(Qa + i * kRowsA * Dk + ni * Dk, 0, size_t((nz - ni) * Dk) * 2);
+      std::memset(dYa + i * kRowsA * Dk + ni * Dk, 0, size_t((nz - ni) * Dk) * 2);
+    }
+    nz = ni;
   }
 
   // S, dP [R rounded to 32][kpad rounded to 32] (rows rlo.. of the q tile, keys ks..).
