@@ -709,9 +709,10 @@ inline void split_rows_a(const float* const* rows, int n, int64_t D, int64_t Dk,
     }
 }
 
-// 16 rows (keys jj < 16: D fp32 values; nullptr: zeros) as three VNNI bf16 part planes (B
-// operand): dword dst[i * plane + q * ld + jj] = part i of (row jj [2q], row jj [2q + 1]), q < Dk / 2.
-inline void pack_rows_b(const float* const rows[16], int64_t D, int64_t Dk, uint32_t* dst, int64_t ld, int64_t plane) {
+// 16 rows (keys jj < 16: D fp32 values; nullptr: zeros) as one 16-key block of three VNNI bf16
+// part planes (B operand): dword dst[i * plane + q * 16 + jj] = part i of (row jj [2q], row jj
+// [2q + 1]), q < Dk / 2. Every B tile (16 d pairs x 16 keys) is then one contiguous KiB.
+inline void pack_rows_b(const float* const rows[16], int64_t D, int64_t Dk, uint32_t* dst, int64_t plane) {
   alignas(64) uint16_t t[3][16][32];  // [part][row][32 d]
   const float* src[3][16];
   for (int i = 0; i < 3; ++i)
@@ -725,16 +726,17 @@ inline void pack_rows_b(const float* const rows[16], int64_t D, int64_t Dk, uint
         for (int i = 0; i < 3; ++i) _mm256_store_si256(reinterpret_cast<__m256i*>(t[i][jj] + 16 * h), x[i]);
       }
     for (int i = 0; i < 3; ++i)
-      transpose16x16(src[i], reinterpret_cast<float*>(dst + i * plane + (d0 / 2) * ld), ld);
+      transpose16x16(src[i], reinterpret_cast<float*>(dst + i * plane + (d0 / 2) * 16), 16);
   }
 }
 
 // C[M x N] = sum over Terms<3>::qk of A_a . B_b: A parts bf16 row-major (row stride lda, part i at
-// A + i * a_plane), B parts VNNI dwords [K/2][ldb] (part i at B + i * b_plane), fp32 C (row stride
+// A + i * a_plane), B parts VNNI dwords in 16-column blocks [N/16][K/2][16] (pack_rows_b; part i
+// at B + i * b_plane), fp32 C (row stride
 // ldc). M, N, K multiples of 32; 2 x 2 C tiles per 32 x 32 block, per 32 k the terms in order.
 // An element's passes and their order depend only on K, not on its place in the tiles.
 inline void amx_gemm_parts(int M, int N, int K, const uint16_t* A, int64_t lda, int64_t a_plane, const uint32_t* B,
-                           int64_t ldb, int64_t b_plane, float* C, int64_t ldc) {
+                           int64_t b_plane, float* C, int64_t ldc) {
   using T = Terms<3>;
   constexpr int kT = int(sizeof(T::qk) / sizeof(Term));
   for (int m = 0; m < M; m += 32)
@@ -748,15 +750,15 @@ inline void amx_gemm_parts(int M, int N, int K, const uint16_t* A, int64_t lda, 
         for (int t = 0; t < kT; ++t) {
           const Term tm = T::qk[t];
           const uint16_t* a = A + tm.a * a_plane + m * lda + k;
-          const uint32_t* b = B + tm.b * b_plane + (k / 2) * ldb + n;
+          const uint32_t* b = B + tm.b * b_plane + (n / 16) * (K / 2) * 16 + (k / 2) * 16;
           pass2x2(t == 0 || tm.a != T::qk[t - 1].a, t == 0 || tm.b != T::qk[t - 1].b, true, true,
                   [&](int i) {
                     if (i) _tile_loadd(5, a + 16 * lda, lda * 2);
                     else _tile_loadd(4, a, lda * 2);
                   },
                   [&](int i) {
-                    if (i) _tile_loadd(7, b + 16, ldb * 4);
-                    else _tile_loadd(6, b, ldb * 4);
+                    if (i) _tile_loadd(7, b + (K / 2) * 16, 64);
+                    else _tile_loadd(6, b, 64);
                   });
         }
       }
@@ -772,14 +774,14 @@ inline void amx_gemm_parts(int M, int N, int K, const uint16_t* A, int64_t lda, 
 struct AmxF32Products {
   static constexpr int kRowsA = 64 + 32;  // q tile rows + a 32-row tile starting at any of them
   const Problem& p;
-  int64_t D, Dk, ldb, bplane;  // ldb: dwords per row of a B plane (keys, odd cache lines)
+  int64_t D, Dk, bplane;
   Buf bqa, bdya, bkb, bvb;
   uint16_t *Qa, *dYa;  // Q / dY parts of the q tile [3][kRowsA][Dk]; rows from nz on are 0
   int nz = 0;
-  uint32_t *Kb, *Vb;   // K / V parts of the superblock [3][Dk/2][ldb]
+  uint32_t *Kb, *Vb;   // K / V parts of the superblock [3][(kSup + 32) / 16][Dk/2][16]
 
   AmxF32Products(const Problem& prob, int64_t D_, int64_t, int kSup)
-      : p(prob), D(D_), Dk(round_up(D_, 32)), ldb(odd_line_stride(kSup + 32)), bplane(Dk / 2 * ldb) {
+      : p(prob), D(D_), Dk(round_up(D_, 32)), bplane((kSup + 32) * Dk / 2) {
     Qa = bqa.get<uint16_t>(size_t(3 * kRowsA * Dk));
     dYa = bdya.get<uint16_t>(size_t(3 * kRowsA * Dk));
     Kb = bkb.get<uint32_t>(size_t(3 * bplane));
@@ -806,8 +808,8 @@ struct AmxF32Products {
         kr[i] = k;
         vr[i] = vsrc + op_off(p, p.v, true, b, g, j0 + j);
       }
-      pack_rows_b(kr, D, Dk, Kb + jb, ldb, bplane);
-      pack_rows_b(vr, D, Dk, Vb + jb, ldb, bplane);
+      pack_rows_b(kr, D, Dk, Kb + jb * Dk / 2, bplane);
+      pack_rows_b(vr, D, Dk, Vb + jb * Dk / 2, bplane);
     }
   }
 
@@ -835,8 +837,8 @@ struct AmxF32Products {
   void products(W& w, int rlo, int R, int ks, int kpad) {
     static_assert(W::kBq + 32 <= kRowsA, "q tile rows");
     const int M = int(round_up(R, 32)), N = int(round_up(kpad, 32));
-    amx_gemm_parts(M, N, int(Dk), Qa + rlo * Dk, Dk, kRowsA * Dk, Kb + ks, ldb, bplane, w.S, W::kLd);
-    amx_gemm_parts(M, N, int(Dk), dYa + rlo * Dk, Dk, kRowsA * Dk, Vb + ks, ldb, bplane, w.dP, W::kLd);
+    amx_gemm_parts(M, N, int(Dk), Qa + rlo * Dk, Dk, kRowsA * Dk, Kb + ks * Dk / 2, bplane, w.S, W::kLd);
+    amx_gemm_parts(M, N, int(Dk), dYa + rlo * Dk, Dk, kRowsA * Dk, Vb + ks * Dk / 2, bplane, w.dP, W::kLd);
   }
 };
 
