@@ -770,6 +770,44 @@ inline void amx_gemm_parts(int M, int N, int K, const uint16_t* A, int64_t lda, 
     }
 }
 
+// Dsum of every row recomputed on the tiles as dY . O^T with exactly the passes and order of
+// dP = dY . V^T (amx_gemm_parts on parts split the same way), replacing the fp32 sum of
+// precompute where that is finite (else the row goes to the FMA path anyway). dS = P (dP -
+// Dsum) cancels: where O = V_j (one key takes the whole row) the two must agree bit for bit, as
+// amx_dsum for float16 (test_backward_kernels one_key_8x1_fp32).
+inline void amx_dsum_f32(Shared& sh) {
+  const Problem& p = sh.p;
+  const int64_t D = p.D, Dk = round_up(D, 32);
+  parallel_for(p.B * p.N1, [&](int64_t task, int) {
+    const int64_t b = task / p.N1, n = task % p.N1, sq = p.sq[size_t(b)];
+    if (sq == 0) return;
+    std::vector<uint16_t> a(size_t(3 * 32 * Dk));
+    std::vector<uint32_t> o(size_t(3 * 16 * Dk));
+    std::vector<float> c(32 * 32);
+    const float* dy = static_cast<const float*>(p.dy.data);
+    const float* out = static_cast<const float*>(p.out.data);
+    load_tile_config();
+    for (int64_t i0 = 0; i0 < sq; i0 += 32) {
+      const int64_t rn = std::min<int64_t>(32, sq - i0);
+      const float* dr[32];
+      const float* orow[32];
+      for (int j = 0; j < 32; ++j) {
+        dr[j] = j < rn ? dy + op_off(p, p.dy, false, b, n, i0 + j) : nullptr;
+        orow[j] = j < rn ? out + op_off(p, p.out, false, b, n, i0 + j) : nullptr;
+      }
+      split_rows_a(dr, 32, D, Dk, a.data(), Dk, 32 * Dk);
+      pack_rows_b(orow, D, Dk, o.data(), 16 * Dk);
+      pack_rows_b(orow + 16, D, Dk, o.data() + 8 * Dk, 16 * Dk);
+      amx_gemm_parts(32, 32, int(Dk), a.data(), Dk, 32 * Dk, o.data(), 16 * Dk, c.data(), 32);
+      for (int64_t j = 0; j < rn; ++j) {
+        float& ds = sh.dsum[sh.ri(n, b, i0 + j)];
+        if (std::isfinite(ds)) ds = c[size_t(j * 33)];
+      }
+    }
+    _tile_release();
+  });
+}
+
 // The products policy of WorkerSuper (bwd_worker_super.h) for bwd_amx_fp32.
 struct AmxF32Products {
   static constexpr int kRowsA = 64 + 32;  // q tile rows + a 32-row tile starting at any of them
@@ -867,7 +905,7 @@ void bwd_amx_fp32(const Problem& p) {
   }
   using E = SA_NS::BwdEngineAvx512<64, 128>;
   using W = SA_NS::bwd::WorkerSuper<E, 4, SA_NS::bwd::AmxF32Products>;
-  SA_NS::bwd::backward_with<W>(p, W::kSup, [](SA_NS::bwd::Shared&) {});
+  SA_NS::bwd::backward_with<W>(p, W::kSup, SA_NS::bwd::amx_dsum_f32);
 }
 }  // namespace cpu
 }  // namespace speedattn
