@@ -1,6 +1,7 @@
-// The AMX-BF16 backward kernels (bwd_amx_bf16; bwd_amx_fp16, below): bwd_driver.h (plan, statistics, dQ
-// partials, dpse, uniform rows) with the five products of a tile on AMX tiles (bf16 in,
-// fp32 accumulation) and the element semantics in AVX-512 fp32.
+// The AMX-BF16 backward kernels (bwd_amx_bf16; bwd_amx_fp16, below; bwd_amx_fp32, S and dP
+// only, at the end of the file): bwd_driver.h (plan, statistics, dQ partials, dpse, uniform
+// rows) with the five products of a tile on AMX tiles (bf16 in, fp32 accumulation) and the
+// element semantics in AVX-512 fp32.
 //
 // Per kv superblock (the driver's kv block: kSup = 512 keys, jp = keys rounded up to 32) of
 // (b, kv head g):
@@ -732,8 +733,8 @@ inline void pack_rows_b(const float* const rows[16], int64_t D, int64_t Dk, uint
 
 // C[M x N] = sum over Terms<3>::qk of A_a . B_b: A parts bf16 row-major (row stride lda, part i at
 // A + i * a_plane), B parts VNNI dwords in 16-column blocks [N/16][K/2][16] (pack_rows_b; part i
-// at B + i * b_plane), fp32 C (row stride
-// ldc). M, N, K multiples of 32; 2 x 2 C tiles per 32 x 32 block, per 32 k the terms in order.
+// at B + i * b_plane), fp32 C (row stride ldc). M, N, K multiples of 32; 2 x 2 C tiles per
+// 32 x 32 block, per 32 k the terms in order.
 // An element's passes and their order depend only on K, not on its place in the tiles.
 inline void amx_gemm_parts(int M, int N, int K, const uint16_t* A, int64_t lda, int64_t a_plane, const uint32_t* B,
                            int64_t b_plane, float* C, int64_t ldc) {
