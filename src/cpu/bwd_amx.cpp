@@ -1,6 +1,7 @@
-// The AMX-BF16 backward kernels (bwd_amx_bf16; bwd_amx_fp16, below): bwd_driver.h (plan, statistics, dQ
-// partials, dpse, uniform rows) with the five products of a tile on AMX tiles (bf16 in,
-// fp32 accumulation) and the element semantics in AVX-512 fp32.
+// The AMX-BF16 backward kernels (bwd_amx_bf16; bwd_amx_fp16, below; bwd_amx_fp32, S and dP
+// only, at the end of the file): bwd_driver.h (plan, statistics, dQ partials, dpse, uniform
+// rows) with the five products of a tile on AMX tiles (bf16 in, fp32 accumulation) and the
+// element semantics in AVX-512 fp32.
 //
 // Per kv superblock (the driver's kv block: kSup = 512 keys, jp = keys rounded up to 32) of
 // (b, kv head g):
@@ -43,6 +44,7 @@ namespace speedattn {
 namespace SA_NS {
 
 #include "cpu/bwd_engine_avx512.h"
+#include "cpu/tile/amx_parts.h"
 
 namespace bwd {
 
@@ -676,6 +678,210 @@ struct AmxWorker : Worker<AmxBase> {
 };
 
 }  // namespace bwd
+
+#include "cpu/bwd_worker_super.h"
+
+namespace bwd {
+
+// ---- float32 (bwd_amx_fp32): S = Q K^T and dP = dY V^T on AMX ---------------------------------
+// The fp32 worker of bwd_avx512 (bwd_worker_super.h: element pass, dV / dK / dQ on FMA) with its
+// two products S and dP as sums of bf16 part products: every q / k / v / dy value split exactly
+// into three bf16 parts (split_parts, cpu/tile/amx_parts.h: x = x0 + x1 + x2), and
+//   S = sum over Terms<3>::qk of Q_a K_b^T   (the 6 products of order >= 2^-16, as the fp32
+//   dP = sum over Terms<3>::qk of dY_a V_b^T  forward: dropped terms ~2^-24 relative)
+// D is padded with zero parts to Dk (a multiple of 32), rows and keys to multiples of 32.
+// Dsum is recomputed with the same passes (amx_dsum_f32). dev/bwd_09_fp32_amx.md.
+
+// The three bf16 parts of row[d .. d + 16) (row: D fp32 values, 0 past D; nullptr: zeros).
+inline void split_at(const float* row, int64_t D, int64_t d, __m256i x[3]) {
+  const __mmask16 k = row && d < D ? __mmask16(D - d >= 16 ? 0xffffu : (1u << (D - d)) - 1u) : __mmask16(0);
+  split_parts<3>(_mm512_maskz_loadu_ps(k, row ? row + d : nullptr), x);
+}
+
+// Rows rows[r] (D fp32 values; nullptr: zeros), r < n, as three bf16 part planes, row-major
+// (A operand): part i of element d of row r at dst[i * plane + r * ld + d], d < Dk (0 for d >= D).
+inline void split_rows_a(const float* const* rows, int n, int64_t D, int64_t Dk, uint16_t* dst, int64_t ld,
+                         int64_t plane) {
+  for (int r = 0; r < n; ++r)
+    for (int64_t d = 0; d < Dk; d += 16) {
+      __m256i x[3];
+      split_at(rows[r], D, d, x);
+      for (int i = 0; i < 3; ++i) _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i * plane + r * ld + d), x[i]);
+    }
+}
+
+// 16 rows (keys jj < 16: D fp32 values; nullptr: zeros) as one 16-key block of three VNNI bf16
+// part planes (B operand): dword dst[i * plane + q * 16 + jj] = part i of (row jj [2q], row jj
+// [2q + 1]), q < Dk / 2. Every B tile (16 d pairs x 16 keys) is then one contiguous KiB.
+inline void pack_rows_b(const float* const rows[16], int64_t D, int64_t Dk, uint32_t* dst, int64_t plane) {
+  alignas(64) uint16_t t[3][16][32];  // [part][row][32 d]
+  const float* src[3][16];
+  for (int i = 0; i < 3; ++i)
+    for (int jj = 0; jj < 16; ++jj) src[i][jj] = reinterpret_cast<const float*>(t[i][jj]);
+  for (int64_t d0 = 0; d0 < Dk; d0 += 32) {
+    for (int jj = 0; jj < 16; ++jj)
+      for (int h = 0; h < 2; ++h) {
+        const int64_t d = d0 + 16 * h;
+        __m256i x[3];
+        split_at(rows[jj], D, d, x);
+        for (int i = 0; i < 3; ++i) _mm256_store_si256(reinterpret_cast<__m256i*>(t[i][jj] + 16 * h), x[i]);
+      }
+    for (int i = 0; i < 3; ++i)
+      transpose16x16(src[i], reinterpret_cast<float*>(dst + i * plane + (d0 / 2) * 16), 16);
+  }
+}
+
+// C[M x N] = sum over Terms<3>::qk of A_a . B_b: A parts bf16 row-major (row stride lda, part i at
+// A + i * a_plane), B parts VNNI dwords in 16-column blocks [N/16][K/2][16] (pack_rows_b; part i
+// at B + i * b_plane), fp32 C (row stride ldc). M, N, K multiples of 32; 2 x 2 C tiles per
+// 32 x 32 block, per 32 k the terms in order.
+// An element's passes and their order depend only on K, not on its place in the tiles.
+inline void amx_gemm_parts(int M, int N, int K, const uint16_t* A, int64_t lda, int64_t a_plane, const uint32_t* B,
+                           int64_t b_plane, float* C, int64_t ldc) {
+  using T = Terms<3>;
+  constexpr int kT = int(sizeof(T::qk) / sizeof(Term));
+  for (int m = 0; m < M; m += 32)
+    for (int n = 0; n < N; n += 32) {
+      _tile_zero(0);
+      _tile_zero(1);
+      _tile_zero(2);
+      _tile_zero(3);
+      for (int k = 0; k < K; k += 32) {
+#pragma GCC unroll 8
+        for (int t = 0; t < kT; ++t) {
+          const Term tm = T::qk[t];
+          const uint16_t* a = A + tm.a * a_plane + m * lda + k;
+          const uint32_t* b = B + tm.b * b_plane + (n / 16) * (K / 2) * 16 + (k / 2) * 16;
+          pass2x2(t == 0 || tm.a != T::qk[t - 1].a, t == 0 || tm.b != T::qk[t - 1].b, true, true,
+                  [&](int i) {
+                    if (i) _tile_loadd(5, a + 16 * lda, lda * 2);
+                    else _tile_loadd(4, a, lda * 2);
+                  },
+                  [&](int i) {
+                    if (i) _tile_loadd(7, b + (K / 2) * 16, 64);
+                    else _tile_loadd(6, b, 64);
+                  });
+        }
+      }
+      float* c = C + m * ldc + n;
+      _tile_stored(0, c, ldc * 4);
+      _tile_stored(1, c + 16, ldc * 4);
+      _tile_stored(2, c + 16 * ldc, ldc * 4);
+      _tile_stored(3, c + 16 * ldc + 16, ldc * 4);
+    }
+}
+
+// Dsum of every row recomputed on the tiles as dY . O^T with exactly the passes and order of
+// dP = dY . V^T (amx_gemm_parts on parts split the same way), replacing the fp32 sum of
+// precompute where that is finite (else the row goes to the FMA path anyway). dS = P (dP -
+// Dsum) cancels: where O = V_j (one key takes the whole row) the two must agree bit for bit, as
+// amx_dsum for float16 (test_backward_kernels one_key_8x1_fp32).
+inline void amx_dsum_f32(Shared& sh) {
+  const Problem& p = sh.p;
+  const int64_t D = p.D, Dk = round_up(D, 32);
+  parallel_for(p.B * p.N1, [&](int64_t task, int) {
+    const int64_t b = task / p.N1, n = task % p.N1, sq = p.sq[size_t(b)];
+    if (sq == 0) return;
+    std::vector<uint16_t> a(size_t(3 * 32 * Dk));
+    std::vector<uint32_t> o(size_t(3 * 16 * Dk));
+    std::vector<float> c(32 * 32);
+    const float* dy = static_cast<const float*>(p.dy.data);
+    const float* out = static_cast<const float*>(p.out.data);
+    load_tile_config();
+    for (int64_t i0 = 0; i0 < sq; i0 += 32) {
+      const int64_t rn = std::min<int64_t>(32, sq - i0);
+      const float* dr[32];
+      const float* orow[32];
+      for (int j = 0; j < 32; ++j) {
+        dr[j] = j < rn ? dy + op_off(p, p.dy, false, b, n, i0 + j) : nullptr;
+        orow[j] = j < rn ? out + op_off(p, p.out, false, b, n, i0 + j) : nullptr;
+      }
+      split_rows_a(dr, 32, D, Dk, a.data(), Dk, 32 * Dk);
+      pack_rows_b(orow, D, Dk, o.data(), 16 * Dk);
+      pack_rows_b(orow + 16, D, Dk, o.data() + 8 * Dk, 16 * Dk);
+      amx_gemm_parts(32, 32, int(Dk), a.data(), Dk, 32 * Dk, o.data(), 16 * Dk, c.data(), 32);
+      for (int64_t j = 0; j < rn; ++j) {
+        float& ds = sh.dsum[sh.ri(n, b, i0 + j)];
+        if (std::isfinite(ds)) ds = c[size_t(j * 33)];
+      }
+    }
+    _tile_release();
+  });
+}
+
+// The products policy of WorkerSuper (bwd_worker_super.h) for bwd_amx_fp32.
+struct AmxF32Products {
+  static constexpr int kRowsA = 64 + 32;  // q tile rows + a 32-row tile starting at any of them
+  const Problem& p;
+  int64_t D, Dk, bplane;
+  Buf bqa, bdya, bkb, bvb;
+  uint16_t *Qa, *dYa;  // Q / dY parts of the q tile [3][kRowsA][Dk]; rows from nz on are 0
+  int nz = 0;
+  uint32_t *Kb, *Vb;   // K / V parts of the superblock [3][(kSup + 32) / 16][Dk/2][16]
+
+  AmxF32Products(const Problem& prob, int64_t D_, int64_t, int kSup)
+      : p(prob), D(D_), Dk(round_up(D_, 32)), bplane((kSup + 32) * Dk / 2) {
+    Qa = bqa.get<uint16_t>(size_t(3 * kRowsA * Dk));
+    dYa = bdya.get<uint16_t>(size_t(3 * kRowsA * Dk));
+    Kb = bkb.get<uint32_t>(size_t(3 * bplane));
+    Vb = bvb.get<uint32_t>(size_t(3 * bplane));
+  }
+  void begin_task() { load_tile_config(); }
+  void end_task() { _tile_release(); }
+
+  // K rows into w.Krs; K, V parts of keys [0, jpad + 16) (jpad = jn rounded to 16; zeros from
+  // jn on): products reads up to 16 keys past its kpad (N rounded to 32).
+  template <class W>
+  void pack_kv(W& w, int64_t b, int64_t g, int64_t j0, int jn) {
+    const int je = int(round_up(jn, 16)) + 16;
+    const float* vsrc = static_cast<const float*>(p.v.data);
+    for (int jb = 0; jb < je; jb += 16) {
+      const float* kr[16];
+      const float* vr[16];
+      for (int i = 0; i < 16; ++i) {
+        const int j = jb + i;
+        kr[i] = vr[i] = nullptr;
+        if (j >= jn) continue;
+        float* k = w.Krs + j * w.Dp;
+        load_row_f32(p.k.data, p.dtype, op_off(p, p.k, true, b, g, j0 + j), k, D);
+        kr[i] = k;
+        vr[i] = vsrc + op_off(p, p.v, true, b, g, j0 + j);
+      }
+      pack_rows_b(kr, D, Dk, Kb + jb * Dk / 2, bplane);
+      pack_rows_b(vr, D, Dk, Vb + jb * Dk / 2, bplane);
+    }
+  }
+
+  // Q / dY rows 0 .. ni of the q tile (w.Q, w.dY) as parts; rows from ni on zero (rows up to
+  // ni + 32 are read: zeroed where an earlier q tile left values).
+  template <class W>
+  void load_q(W& w, int ni) {
+    const float* qr[kRowsA];
+    const float* dr[kRowsA];
+    for (int r = 0; r < ni; ++r) {
+      qr[r] = w.Q + r * w.Dp;
+      dr[r] = w.dY + r * w.Dp;
+    }
+    split_rows_a(qr, ni, D, Dk, Qa, Dk, kRowsA * Dk);
+    split_rows_a(dr, ni, D, Dk, dYa, Dk, kRowsA * Dk);
+    for (int i = 0; i < 3 && nz > ni; ++i) {
+      std::memset(Qa + i * kRowsA * Dk + ni * Dk, 0, size_t((nz - ni) * Dk) * 2);
+      std::memset(dYa + i * kRowsA * Dk + ni * Dk, 0, size_t((nz - ni) * Dk) * 2);
+    }
+    nz = ni;
+  }
+
+  // S, dP [R rounded to 32][kpad rounded to 32] (rows rlo.. of the q tile, keys ks..).
+  template <class W>
+  void products(W& w, int rlo, int R, int ks, int kpad) {
+    static_assert(W::kBq + 32 <= kRowsA, "q tile rows");
+    const int M = int(round_up(R, 32)), N = int(round_up(kpad, 32));
+    amx_gemm_parts(M, N, int(Dk), Qa + rlo * Dk, Dk, kRowsA * Dk, Kb + ks * Dk / 2, bplane, w.S, W::kLd);
+    amx_gemm_parts(M, N, int(Dk), dYa + rlo * Dk, Dk, kRowsA * Dk, Vb + ks * Dk / 2, bplane, w.dP, W::kLd);
+  }
+};
+
+}  // namespace bwd
 }  // namespace SA_NS
 
 namespace cpu {
@@ -692,6 +898,15 @@ void bwd_amx_fp16(const Problem& p) {
     return;
   }
   SA_NS::bwd::backward_with<SA_NS::bwd::AmxWorker<true>>(p, SA_NS::bwd::kAmxBk, SA_NS::bwd::amx_prepare<true>);
+}
+void bwd_amx_fp32(const Problem& p) {
+  if (p.dtype != DType::float32) {
+    bwd_avx512(p);
+    return;
+  }
+  using E = SA_NS::BwdEngineAvx512<64, 128>;
+  using W = SA_NS::bwd::WorkerSuper<E, 4, SA_NS::bwd::AmxF32Products>;
+  SA_NS::bwd::backward_with<W>(p, W::kSup, SA_NS::bwd::amx_dsum_f32);
 }
 }  // namespace cpu
 }  // namespace speedattn

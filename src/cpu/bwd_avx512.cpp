@@ -1,6 +1,7 @@
 // The AVX-512 backward kernel (every dtype, fp32 compute): bwd_driver.h with the engine of
 // bwd_engine_avx512.h (FMA micro-kernel for all five products of a tile, 16-lane element
-// semantics, 16-lane Philox) and a worker over kv superblocks.
+// semantics, 16-lane Philox) and the worker over kv superblocks of bwd_worker_super.h with
+// FMA products.
 // Tiles: kBq 64 q rows x kBk 128 keys, superblocks of kSubs = 4 key tiles
 // (dev/bwd_01_tiles.md, dev/bwd_05_fp32_gemm.md have the measurements).
 #include <immintrin.h>
@@ -13,116 +14,13 @@ namespace SA_NS {
 
 #include "cpu/bwd_engine_avx512.h"
 
-namespace bwd {
-
-// Worker over kv superblocks of kSup = kSubs * kBk keys (loop: query head n, q tile of kBq
-// rows, key tile of kBk keys). A q tile's Q / dY rows are copied once per superblock and its
-// dQ partial rows stay in cache across the kSubs key tiles; Worker::kv_block streams the
-// whole head's Q, dY and dQ partial (3 MiB at S 2048, D 128) through L3 for every key tile.
-// Superblocks meeting a non-finite q / k / v / dy row or Dsum go to Worker::kv_block per key
-// tile (it takes those rows out of the GEMMs).
-template <class E, int kSubs>
-struct WorkerSuper : Worker<E> {
-  using Base = Worker<E>;
-  using Base::cls;
-  using Base::D;
-  using Base::Dp;
-  using Base::dKa;
-  using Base::dP;
-  using Base::dVa;
-  using Base::dY;
-  using Base::p;
-  using Base::Q;
-  using Base::S;
-  using Base::sh;
-  static constexpr int kBq = E::kBq, kBk = E::kBk, kLd = Base::kLd;
-  static constexpr int kSup = kSubs * kBk;
-  static constexpr int kLdSup = int(odd_line_stride(kSup));  // row stride of KTs / VTs
-  Buf bkts, bvts, bkrs, bdks, bdvs, bws;
-  float *KTs, *VTs, *Krs;  // K^T, V^T [D][kLdSup] and K rows [kSup][Dp] of the superblock
-
-  WorkerSuper(const Problem& prob, Shared& s) : Base(prob, s) {
-    KTs = bkts.get<float>(size_t(D * kLdSup));
-    VTs = bvts.get<float>(size_t(D * kLdSup));
-    Krs = bkrs.get<float>(size_t(kSup * Dp));
-    // the base's dK / dV rows and dropout words, sized for a superblock
-    dKa = bdks.get<float>(size_t(kSup * Dp));
-    dVa = bdvs.get<float>(size_t(kSup * Dp));
-    this->words = bws.get<uint32_t>(size_t(kSup + 16));
-  }
-
-  // One superblock: keys [j0, j0 + jn), jn <= kSup, of sequence b, kv head g; dQ partial slot c.
-  void superblock(int64_t b, int64_t g, int64_t c, int64_t j0, int jn) {
-    {
-      bool bad = sh.any_qdy_bad(b, g);
-      const uint8_t* kb = sh.kbad.data() + g * sh.Tk + sh.kbase[size_t(b)] + j0;
-      for (int jj = 0; !bad && jj < jn; ++jj) bad = kb[jj] != 0;
-      if (bad) {
-        for (int s0 = 0; s0 < jn; s0 += kBk) this->kv_block(b, g, c, j0 + s0, std::min(kBk, jn - s0));
-        return;
-      }
-    }
-    this->pack_kv(b, g, j0, jn, int(round_up(jn, 16)), KTs, VTs, kLdSup, Krs);
-    std::memset(dKa, 0, size_t(jn * Dp) * 4);
-    std::memset(dVa, 0, size_t(jn * Dp) * 4);
-    int64_t ia, ie;
-    rows_for_keys(p, b, j0, j0 + jn, &ia, &ie);
-    for (int64_t n = g * p.G; n < (g + 1) * p.G; ++n) {
-      for (int64_t i0 = ia; i0 < ie; i0 += kBq) {
-        const int ni = int(std::min<int64_t>(kBq, ie - i0));
-        bool loaded = false;  // Q / dY rows i0 .. i0 + ni copied (on the first key tile that needs them)
-        this->row_metas(b, n, i0, ni);  // key-independent: once per q tile, not per key tile
-        for (int s0 = 0; s0 < jn; s0 += kBk) {
-          const int sn = std::min(kBk, jn - s0);
-          int rlo, rhi;
-          this->classify_keys(ni, j0 + s0, sn, &rlo, &rhi);
-          if (rlo >= rhi) continue;
-          if (!loaded) {
-            for (int r = 0; r < ni; ++r) {
-              load_row_f32(p.q.data, p.dtype, op_off(p, p.q, false, b, n, i0 + r), Q + r * Dp, D);
-              load_row_f32(p.dy.data, p.dtype, op_off(p, p.dy, false, b, n, i0 + r), dY + r * Dp, D);
-            }
-            loaded = true;
-          }
-          const int R = rhi - rlo;
-          const int64_t ib = i0 + rlo;
-          // keys [k0, k1) of the tile: outside it the band masks every row of the tile (causal
-          // diagonal tiles), so its P' and dS are 0 there; k0 a multiple of 16 (column padding)
-          int k0 = sn, k1 = 0;
-          for (int r = rlo; r < rhi; ++r)
-            if (cls[r] != kNone) {
-              const RowMeta& m = this->rm[r];
-              k0 = int(std::min<int64_t>(k0, std::max<int64_t>(m.first() - (j0 + s0), 0)));
-              k1 = int(std::max<int64_t>(k1, std::min<int64_t>(m.last_end() - (j0 + s0), sn)));
-            }
-          k0 &= ~15;
-          const int kn = k1 - k0, kpad = int(round_up(kn, 16)), ks = s0 + k0;
-          const float *qa = Q + rlo * Dp, *dya = dY + rlo * Dp;
-          E::gemm(R, kpad, int(D), qa, Dp, 1, KTs + ks, kLdSup, S, kLd, false);
-          E::gemm(R, kpad, int(D), dya, Dp, 1, VTs + ks, kLdSup, dP, kLd, false);
-          this->grad_rows(b, n, c, ib, rlo, R, j0 + ks, kn, S, dP, kLd);
-          // dV += P'^T dY, dK += (scale dS)^T Q, dQ += (scale dS) K
-          E::gemm(kn, int(D), R, S, 1, kLd, dya, Dp, dVa + ks * Dp, Dp, true);
-          E::gemm(kn, int(D), R, dP, 1, kLd, qa, Dp, dKa + ks * Dp, Dp, true);
-          E::gemm(R, int(D), kn, dP, kLd, 1, Krs + ks * Dp, Dp, sh.dq_row(c, n, b, ib), D, true);
-        }
-      }
-      if (sh.ucount[size_t(b * p.N1 + n)] > 0) this->uniform_rows(b, n, j0, jn);
-    }
-    this->store_kv(b, g, j0, jn);
-  }
-
-  void run_task(const BTask& t) {
-    for_task_blocks(p, sh, t, kSup, [&](int64_t b, int64_t c, int64_t j0, int jn) { superblock(b, t.g, c, j0, jn); });
-  }
-};
-
-}  // namespace bwd
+#include "cpu/bwd_worker_super.h"
 }  // namespace SA_NS
 
 namespace cpu {
 void bwd_avx512(const Problem& p) {
-  using W = SA_NS::bwd::WorkerSuper<SA_NS::BwdEngineAvx512<64, 128>, 4>;
+  using E = SA_NS::BwdEngineAvx512<64, 128>;
+  using W = SA_NS::bwd::WorkerSuper<E, 4, SA_NS::bwd::FmaProducts<E>>;
   SA_NS::bwd::backward_with<W>(p, W::kSup, [](SA_NS::bwd::Shared&) {});
 }
 }  // namespace cpu

@@ -22,6 +22,9 @@ void bwd_avx512(const Problem& p);
 void bwd_amx_bf16(const Problem& p);
 // AMX-BF16 for float16 inputs: every value split exactly into two bf16 halves.
 void bwd_amx_fp16(const Problem& p);
+// AMX-BF16 for float32 inputs: S = Q K^T and dP = dY V^T on exact three-part bf16 splits, the
+// rest as bwd_avx512.
+void bwd_amx_fp32(const Problem& p);
 
 // The backward kernel list, best first within each dtype (bwd_registry.cpp); returned by
 // backward_kernels() in src/api/kernel_registry.cpp.

@@ -6,7 +6,9 @@ namespace cpu {
 
 std::vector<BackwardKernel> bwd_kernel_list() {
   return {
-      // float32: FMA micro-kernels / portable loops.
+      // float32: S = Q K^T and dP = dY V^T on AMX tiles (exact three-part bf16 splits, 6 passes),
+      // the rest on FMA micro-kernels; FMA micro-kernels / portable loops.
+      {"bwd_amx_fp32", Isa::amx, DType::float32, &bwd_amx_fp32},
       {"bwd_avx512_fp32", Isa::avx512, DType::float32, &bwd_avx512},
       {"bwd_avx2_fp32", Isa::avx2, DType::float32, &bwd_avx2},
       {"bwd_scalar_fp32", Isa::scalar, DType::float32, &bwd_scalar},

@@ -9,6 +9,7 @@
 // The saved statistics and attention_in come from the reference forward.
 #include <gtest/gtest.h>
 
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -351,6 +352,21 @@ std::vector<Case> cases() {
     c.S1 = s.first, c.S2 = s.second, c.D = 64;
     add(c);
   }
+  // row / key tails around the AMX tiles of 16 and 32 (bwd_amx_fp32 pads rows and keys to 32,
+  // D to a multiple of 32: D 40 and 96 take the zero-padded path)
+  for (auto s : std::vector<std::array<int64_t, 3>>{
+           {15, 17, 40}, {16, 32, 64}, {17, 15, 96}, {31, 33, 64}, {32, 16, 40}, {33, 31, 128}}) {
+    c = Case();
+    c.name = "tail_" + std::to_string(s[0]) + "x" + std::to_string(s[1]) + "_D" + std::to_string(s[2]);
+    c.S1 = s[0], c.S2 = s[1], c.D = s[2];
+    add(c);
+  }
+  // one key per row: O = V_0 for every row, so the exact dS (and dQ, dK) is 0 and the computed
+  // dS = P (dP - Dsum) cancels only if dP and Dsum agree to the last bit or nearly
+  c = Case();
+  c.name = "one_key_8x1";
+  c.S1 = 8, c.S2 = 1, c.D = 128;
+  add(c);
   // AMX (D % 32 == 0) tails: kv superblock 512 (tile-1, tile, tile+1, 2*tile+17) and key
   // tiles of 128 inside it; q tiles of 128 (1, 127, 128, 129, 300 rows).
   for (auto s : std::vector<std::pair<int64_t, int64_t>>{{127, 511}, {128, 512}, {129, 513}, {300, 1041}}) {
