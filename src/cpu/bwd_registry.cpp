@@ -12,7 +12,7 @@ std::vector<BackwardKernel> bwd_kernel_list() {
       {"bwd_avx512_fp32", Isa::avx512, DType::float32, &bwd_avx512},
       {"bwd_avx2_fp32", Isa::avx2, DType::float32, &bwd_avx2},
       {"bwd_scalar_fp32", Isa::scalar, DType::float32, &bwd_scalar},
-      // bfloat16: AMX tiles for the five products (P', dS rounded to bf16, fp32 accumulation);
+      // bfloat16: AMX tiles for the five products (P', dS as exact hi + lo bf16 pairs, fp32 accumulation);
       // fp32 compute (converted on load) below it.
       {"bwd_amx_bf16", Isa::amx, DType::bfloat16, &bwd_amx_bf16},
       {"bwd_avx512_bf16", Isa::avx512, DType::bfloat16, &bwd_avx512},
