@@ -59,21 +59,6 @@ namespace bwd {
 constexpr int kAmxBq = 128, kAmxSub = 128, kAmxBk = 512;
 using AmxBase = BwdEngineAvx512<kAmxBq, kAmxSub>;
 
-struct TileConfig {
-  uint8_t palette = 1, start_row = 0, reserved[14] = {};
-  uint16_t colsb[16] = {};
-  uint8_t rows[16] = {};
-};
-
-inline void load_tile_config() {
-  alignas(64) TileConfig cfg;
-  for (int t = 0; t < 8; ++t) {
-    cfg.colsb[t] = 64;
-    cfg.rows[t] = 16;
-  }
-  _tile_loadconfig(&cfg);
-}
-
 // C[M x N] (+)= A[M x K] . B[K x N]: bf16 A row-major (row stride lda bytes), B as VNNI
 // pairs [K/2][N][2] (row stride ldb bytes), fp32 C (row stride ldc bytes). M, N, K multiples
 // of 32; 2 x 2 C tiles (tmm0-3) per pass, A in tmm4-5, B in tmm6-7.

@@ -53,23 +53,6 @@ namespace SA_NS {
 #include "cpu/tile/simd_avx512.h"
 #include "cpu/tile/amx_parts.h"
 
-struct alignas(64) TileConfig {
-  uint8_t palette = 1;
-  uint8_t start_row = 0;
-  uint8_t reserved[14] = {};
-  uint16_t colsb[16] = {};
-  uint8_t rows[16] = {};
-};
-
-static inline void load_tile_config() {
-  TileConfig cfg;
-  for (int t = 0; t < 8; ++t) {
-    cfg.colsb[t] = 64;
-    cfg.rows[t] = 16;
-  }
-  _tile_loadconfig(&cfg);
-}
-
 // 16 elements of an input row (bf16 / fp16 / fp32 for kParts 1 / 2 / 3) as kParts bf16 vectors
 // whose sum is the value (kParts 2, 3: split_parts, cpu/tile/amx_parts.h).
 template <int kParts>

@@ -1,9 +1,27 @@
-// AMX-BF16 products of float16 / float32 operands as sums of exact bf16 part products, shared
-// by the forward (fwd_amx.cpp EngineAmx<2 / 3>) and the fp32 backward (bwd_amx.cpp,
-// bwd_amx_fp32): the exact split of a value into kParts bf16 parts, the term tables, and one
-// TDP pass on a 2x2 block of C tiles. Include only from *_amx.cpp, inside the file's SA_NS,
+// AMX-BF16 helpers shared by the forward (fwd_amx.cpp) and the backward (bwd_amx.cpp): the
+// tile configuration, and products of float16 / float32 operands as sums of exact bf16 part
+// products (EngineAmx<2 / 3>, bwd_amx_fp32): the exact split of a value into kParts bf16
+// parts, the term tables, and one TDP pass on a 2x2 block of C tiles. Include only from *_amx.cpp, inside the file's SA_NS,
 // after fwd_driver.h (bitsf) and <immintrin.h>.
 #pragma once
+
+// Palette 1 with all 8 tiles 16 rows x 64 bytes (every kernel here uses that one shape).
+struct alignas(64) TileConfig {
+  uint8_t palette = 1;
+  uint8_t start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+static inline void load_tile_config() {
+  TileConfig cfg;
+  for (int t = 0; t < 8; ++t) {
+    cfg.colsb[t] = 64;
+    cfg.rows[t] = 16;
+  }
+  _tile_loadconfig(&cfg);
+}
 
 // 16 fp32 values x (the fp16 / fp32 input elements) as kParts (2, 3) bf16 vectors whose sum is x:
 // part i = bf16(x - part 0 - ... - part i-1), round to nearest even. Every residual is exact in
