@@ -538,12 +538,7 @@ struct Worker {
         if (rlo >= rhi) continue;
         const int R = rhi - rlo;
         const int64_t ib = i0 + rlo;  // first row of the tile
-        // Q and dY rows as fp32 with the padded stride Dp (copied for fp32 too: a GEMM panel
-        // at the input's 2^k-byte row stride thrashes L1)
-        for (int r = 0; r < R; ++r) {
-          load_row_f32(p.q.data, p.dtype, op_off(p, p.q, false, b, n, ib + r), Q + r * Dp, D);
-          load_row_f32(p.dy.data, p.dtype, op_off(p, p.dy, false, b, n, ib + r), dY + r * Dp, D);
-        }
+        load_qdy(b, n, ib, R);
         const float *qa = Q, *dya = dY;
         int64_t ldq = Dp, lddy = Dp;
         E::gemm(R, jpad, int(D), qa, ldq, 1, KT, kLd, S, kLd, false);
@@ -628,6 +623,14 @@ struct Worker {
 
   // The key-independent half of classify: which rows i0 .. i0+ni of (b, n) are normal (rnormal)
   // and their RowMeta (rm). A q tile computes them once for all its key tiles.
+  // Q and dY rows [i, i + nr) of (b, head n) as fp32 into Q / dY with the padded stride Dp
+  // (copied for fp32 too: a GEMM panel at the input's 2^k-byte row stride thrashes L1).
+  void load_qdy(int64_t b, int64_t n, int64_t i, int nr) {
+    for (int r = 0; r < nr; ++r) {
+      load_row_f32(p.q.data, p.dtype, op_off(p, p.q, false, b, n, i + r), Q + r * Dp, D);
+      load_row_f32(p.dy.data, p.dtype, op_off(p, p.dy, false, b, n, i + r), dY + r * Dp, D);
+    }
+  }
   void row_metas(int64_t b, int64_t n, int64_t i0, int ni) {
     for (int r = 0; r < ni; ++r) {
       rnormal[r] = sh.kind[sh.ri(n, b, i0 + r)] == kRowNormal;

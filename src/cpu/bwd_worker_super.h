@@ -102,10 +102,7 @@ struct WorkerSuper : Worker<E> {
           this->classify_keys(ni, j0 + s0, sn, &rlo, &rhi);
           if (rlo >= rhi) continue;
           if (!loaded) {
-            for (int r = 0; r < ni; ++r) {
-              load_row_f32(p.q.data, p.dtype, op_off(p, p.q, false, b, n, i0 + r), Q + r * Dp, D);
-              load_row_f32(p.dy.data, p.dtype, op_off(p, p.dy, false, b, n, i0 + r), dY + r * Dp, D);
-            }
+            this->load_qdy(b, n, i0, ni);
             prod.load_q(*this, ni);
             loaded = true;
           }

@@ -1,9 +1,10 @@
 // The AMX-BF16 forward kernels (bfloat16, float16, float32 inputs): fwd_driver.h + an AMX tile engine.
 //
-//   pack (Shared): K and V of every (b, kv head) packed ONCE per call (lazily, per 256-key chunk
-//       on first use) into AMX B-operand layouts
-//       Kp[(b,g)][S2p/16][D/2][16]          uint32 = (K[j][2q], K[j][2q+1])   ("VNNI" K^T)
-//       Vp[(b,g)][S2p/32][D16/16][16][16]   uint32 = (V[2p][d], V[2p+1][d])   ("VNNI" V)
+//   pack (Shared): K and V of each (b, kv head) packed once for all its tasks (lazily, per
+//       256-key chunk on first use; in a head slot, recycled when all heads exceed the budget,
+//       see Shared) into AMX B-operand layouts
+//       Kp[slot][S2p/16][D/2][16]          uint32 = (K[j][2q], K[j][2q+1])   ("VNNI" K^T)
+//       Vp[slot][S2p/32][D16/16][16][16]   uint32 = (V[2p][d], V[2p+1][d])   ("VNNI" V)
 //     blocked so every AMX B tile (16 rows x 64 B) is one contiguous KiB (a row-major
 //     [D/2][S2p] K^T made tile rows 16 KiB apart: same L1 set, 16 pages; perf showed the QK
 //     tile loads dominating, dev/02_amx_pack_layout.txt)
