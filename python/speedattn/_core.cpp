@@ -129,6 +129,7 @@ speedattn::Options to_options(const nb::dict& d) {
     else if (key == "sparse_mode") o.sparse_mode = cast_opt<int64_t>(value, key, "int");
     else if (key == "gen_mask_parallel") o.gen_mask_parallel = cast_opt<bool>(value, key, "bool");
     else if (key == "sync") o.sync = cast_opt<bool>(value, key, "bool");
+    else if (key == "template_verified") o.template_verified = cast_opt<bool>(value, key, "bool");
     else if (key == "pse_type") o.pse_type = cast_opt<int64_t>(value, key, "int");
     else if (key == "q_start_idx") o.q_start_idx = to_opt_seq(value, key);
     else if (key == "kv_start_idx") o.kv_start_idx = to_opt_seq(value, key);

@@ -66,7 +66,7 @@ OutputSpec Backward::dv_spec() const { return p_->dv_spec; }
 OutputSpec Backward::dpse_spec() const { return p_->dpse_spec; }
 
 std::string Backward::kernel_name() const {
-  return p_->backend == Backend::reference ? "reference" : select_backward(p_->dtype).name;
+  return p_->backend == Backend::reference ? "reference" : select_backward(*p_).name;
 }
 
 void Backward::run(void* dq, void* dk, void* dv, void* dpse) const {
@@ -78,7 +78,7 @@ void Backward::run(void* dq, void* dk, void* dv, void* dpse) const {
   if (p.backend == Backend::reference)
     reference_backward(p);
   else
-    select_backward(p.dtype).run(p);
+    select_backward(p).run(p);
 }
 
 ForwardResult forward(const TensorView& query, const TensorView& key, const TensorView& value,

@@ -36,6 +36,9 @@ struct BackwardKernel {
   Isa isa;
   DType dtype;
   BackwardFn run;
+  // nullptr: dispatch uses the kernel for every problem of its dtype; else only where suits(p)
+  // (a kernel below it in the list is faster on the others). Calls by name ignore it.
+  bool (*suits)(const Problem& p) = nullptr;
 };
 
 const std::vector<ForwardKernel>& forward_kernels();    // best first within each dtype
@@ -47,6 +50,7 @@ void reference_backward(const Problem& p);
 
 // The best registered kernel for dtype with isa <= isa_limit(); the reference if none.
 const ForwardKernel& select_forward(DType dtype);
-const BackwardKernel& select_backward(DType dtype);
+const BackwardKernel& select_backward(DType dtype);  // for large problems (ignores suits)
+const BackwardKernel& select_backward(const Problem& p);  // the kernel dispatch runs for p
 
 }  // namespace speedattn

@@ -51,12 +51,16 @@ const ForwardKernel& select_forward(DType dtype) {
   return reference;
 }
 
-const BackwardKernel& select_backward(DType dtype) {
+// The first kernel of dtype within the ISA cap that suits p (p == nullptr: any problem).
+static const BackwardKernel& first_backward(DType dtype, const Problem* p) {
   static const BackwardKernel reference{"reference", Isa::scalar, DType::float32, &reference_backward};
   const Isa limit = isa_limit();
   for (const BackwardKernel& k : backward_kernels())
-    if (k.dtype == dtype && static_cast<int>(k.isa) <= static_cast<int>(limit)) return k;
+    if (k.dtype == dtype && static_cast<int>(k.isa) <= static_cast<int>(limit) && (!p || !k.suits || k.suits(*p)))
+      return k;
   return reference;
 }
+const BackwardKernel& select_backward(DType dtype) { return first_backward(dtype, nullptr); }
+const BackwardKernel& select_backward(const Problem& p) { return first_backward(p.dtype, &p); }
 
 }  // namespace speedattn

@@ -315,3 +315,62 @@ def test_causal_template_check(sa, name, mask, accepted):
     else:
         with pytest.raises(ValueError, match="atten_mask"):
             call()
+
+
+@pytest.mark.parametrize("mode", [3, 6])
+def test_torch_template_checked_again_after_in_place_change(mode):
+    """A torch template that passed is not re-read while unchanged (_CheckedTemplates); an
+    in-place torch write bumps its version and the next call, forward or backward, checks it
+    again and fails; a template that failed is never remembered."""
+    torch = pytest.importorskip("torch")
+    import speedattn as sa
+    from speedattn._api import _checked_templates
+
+    q, k, v = (torch.from_numpy(x) for x in _base()[:3])
+    good = twin.prefix_template() if mode == 6 else twin.causal_template()
+    extra = {"prefix": [S2] * B} if mode == 6 else {}
+    mask = torch.from_numpy(good.copy())
+    call = lambda m: sa.speed_fusion_attention(q, k, v, N1, "BNSD", sparse_mode=mode, atten_mask=m, **extra)  # noqa: E731
+    assert not _checked_templates.holds(mask, mode)
+    out = call(mask)
+    assert _checked_templates.holds(mask, mode)
+    call(mask)  # verified path
+    mask[100, 5] = True  # below the diagonal: not the template any more
+    assert not _checked_templates.holds(mask, mode)
+    with pytest.raises(ValueError, match="atten_mask"):
+        call(mask)
+    with pytest.raises(ValueError, match="atten_mask"):
+        call(mask)  # the failure was not remembered
+    dy = torch.ones_like(q)
+    with pytest.raises(ValueError, match="atten_mask"):
+        sa.speed_fusion_attention_grad(q, k, v, dy, N1, "BNSD", sparse_mode=mode, atten_mask=mask,
+                                       softmax_max=out[1], softmax_sum=out[2], attention_in=out[0],
+                                       seed=out[4], offset=out[5], numels=out[6], **extra)
+    mask[100, 5] = False  # the template again (new version): checked, then remembered
+    call(mask)
+    assert _checked_templates.holds(mask, mode)
+    # same content, another tensor: checked on its own; the wrong shape is checked every call
+    other = torch.from_numpy(good.copy())
+    assert not _checked_templates.holds(other, mode)
+    call(other)
+    with pytest.raises(ValueError, match="atten_mask"):
+        call(mask[:-1])
+    # the documented limit: a write through a numpy alias bypasses torch's version counter, so
+    # the remembered tensor is not re-read (the kernel never reads a template's content)
+    mask.numpy()[100, 5] = True
+    assert _checked_templates.holds(mask, mode)
+    call(mask)
+
+
+def test_numpy_template_is_checked_every_call():
+    from speedattn._api import _checked_templates
+
+    mask = twin.causal_template()
+    q, k, v, _ = _base()
+    import speedattn as sa
+
+    sa.speed_fusion_attention(q, k, v, N1, "BNSD", sparse_mode=3, atten_mask=mask)
+    assert not _checked_templates.holds(mask, 3)
+    mask[100, 5] = True  # numpy has no version counter: the next call re-reads the mask
+    with pytest.raises(ValueError, match="atten_mask"):
+        sa.speed_fusion_attention(q, k, v, N1, "BNSD", sparse_mode=3, atten_mask=mask)
