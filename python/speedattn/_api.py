@@ -223,8 +223,13 @@ def _optional_tensor_arg(x, name: str, allowed):
     return _tensor_arg(x, name, allowed)
 
 
+_CACHED_OUTPUT_BYTES = 1 << 20  # outputs this large come from the core's output cache
+
+
 class _Alloc:
-    """Allocates outputs of the query's kind."""
+    """Allocates outputs of the query's kind. Outputs of >= 1 MiB reuse the memory of outputs
+    freed earlier (``_core.output_block``): a fresh multi-MiB tensor would be page-faulted in by
+    the kernel while it writes it (~4100 faults, 3-5 ms for 16 MiB)."""
 
     def __init__(self, like):
         self.torch = _is_torch_tensor(like)
@@ -232,11 +237,20 @@ class _Alloc:
     def empty(self, spec):
         dtype_name, shape = spec
         shape = tuple(shape)
+        np_dtype = _NAME_TO_NP[dtype_name]
+        nbytes = math.prod(shape) * np_dtype.itemsize
         if self.torch:
             torch = _torch()
-            out = torch.empty(shape, dtype=_torch_dtype_maps()[1][dtype_name])
+            tdt = _torch_dtype_maps()[1][dtype_name]
+            if nbytes >= _CACHED_OUTPUT_BYTES:
+                out = torch.from_numpy(_core.output_block(nbytes)).view(tdt).view(shape)
+            else:
+                out = torch.empty(shape, dtype=tdt)
             return out, out.data_ptr()
-        out = np.empty(shape, dtype=_NAME_TO_NP[dtype_name])
+        if nbytes >= _CACHED_OUTPUT_BYTES:
+            out = _core.output_block(nbytes).view(np_dtype).reshape(shape)
+        else:
+            out = np.empty(shape, dtype=np_dtype)
         return out, out.__array_interface__["data"][0]
 
     def int64(self, v: int):

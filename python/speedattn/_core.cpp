@@ -6,6 +6,7 @@
 // arrays alive while a plan runs. A plan is a validated speedattn::Forward / Backward;
 // its run() releases the GIL.
 #include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/pair.h>
 #include <nanobind/stl/string.h>
@@ -20,6 +21,7 @@
 #include <utility>
 #include <vector>
 
+#include "common/scratch_cache.h"
 #include "speedattn/speedattn.h"
 
 namespace nb = nanobind;
@@ -253,6 +255,22 @@ NB_MODULE(_core, m) {
         return std::make_pair(s.seed, s.offset);
       },
       "numels"_a, "Take the generator's (seed, offset) and advance the offset by ceil(numels / 4).");
+  m.def(
+      "output_block",
+      [](size_t nbytes) {
+        auto* blk = new speedattn::ScratchBlock(speedattn::output_take(nbytes));
+        nb::capsule owner(blk, [](void* p) noexcept {
+          auto* b = static_cast<speedattn::ScratchBlock*>(p);
+          speedattn::output_give(*b);
+          delete b;
+        });
+        return nb::ndarray<nb::numpy, uint8_t, nb::ndim<1>>(blk->p, {nbytes}, owner);
+      },
+      "nbytes"_a,
+      "nbytes of uninitialised memory for an output, as a writable uint8 numpy array, from the "
+      "cache of output buffers freed earlier (common/scratch_cache.h); the block goes back to "
+      "the cache when the array (and every view of it) is gone.");
+  m.def("output_cached_bytes", &speedattn::output_cached_bytes, "Bytes the output cache holds now.");
   m.def("set_num_threads", &speedattn::set_num_threads, "n"_a);
   m.def("get_num_threads", &speedattn::get_num_threads);
   m.def("version", &speedattn::version);

@@ -30,6 +30,17 @@ ScratchBlock scratch_take(size_t bytes);  // throws std::bad_alloc
 void scratch_give(ScratchBlock b);
 size_t scratch_cached_bytes();  // what the cache holds now (tests)
 
+// A second cache, of the same blocks, for the outputs handed to Python callers (_core.cpp
+// output_block). A fresh multi-MiB output is page-faulted in by the kernel as it writes it:
+// ~4100 faults, 3-5 ms in a bf16 B1 N16 S4096 forward whenever glibc maps it anew, which it
+// does in some calls depending on its heap (docs/performance.md "Causal"). Outputs freed by
+// the caller come back here and the next call's outputs reuse their pages. A block is reused
+// only for requests of at least half its size; outputs the caller keeps are not counted.
+constexpr size_t kOutputCacheBytes = size_t(128) << 20;
+ScratchBlock output_take(size_t bytes);  // throws std::bad_alloc
+void output_give(ScratchBlock b);
+size_t output_cached_bytes();
+
 // A cached block held for one call: get() returns at least `count` T (uninitialised), the same
 // block while it is large enough; the destructor gives it back.
 class Scratch {

@@ -57,3 +57,23 @@ TEST(ScratchCache, ConcurrentCallsOwnTheirBlocks) {
   for (int t = 0; t < 8; ++t) EXPECT_EQ(ok[size_t(t)], 50) << t;
   EXPECT_LE(sa::scratch_cached_bytes(), sa::kScratchCacheBytes);
 }
+
+// The output cache (outputs handed to Python): the same blocks, but a cached block serves only
+// requests of at least half its size, and it is separate from the scratch cache.
+TEST(OutputCache, ReusesBlocksOfAtMostTwiceTheRequest) {
+  const sa::ScratchBlock big = sa::output_take(size_t(16) << 20);
+  void* const p = big.p;
+  sa::output_give(big);
+  EXPECT_GE(sa::output_cached_bytes(), size_t(16) << 20);
+  const sa::ScratchBlock small = sa::output_take(size_t(2) << 20);  // 1/8 of the block: a new one
+  EXPECT_NE(small.p, p);
+  const sa::ScratchBlock half = sa::output_take(size_t(8) << 20);  // half: the cached block
+  EXPECT_EQ(half.p, p);
+  sa::Scratch s;  // scratch never takes an output block
+  const sa::ScratchBlock again = sa::output_take(size_t(16) << 20);
+  EXPECT_NE(s.get<uint8_t>(size_t(8) << 20), again.p);
+  sa::output_give(small);
+  sa::output_give(half);
+  sa::output_give(again);
+  EXPECT_LE(sa::output_cached_bytes(), sa::kOutputCacheBytes);
+}

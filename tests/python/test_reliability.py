@@ -292,6 +292,52 @@ def test_kv_heads_share_recycled_pack_slots(sa, dtype):
     twin.assert_stats_close(got[1][2], ref[2], "softmax_sum")
 
 
+@pytest.mark.parametrize("kind", ["numpy", "torch"])
+def test_outputs_reuse_freed_memory_and_never_alias_live_ones(kind):
+    """Outputs of >= 1 MiB come from the output cache (_api._Alloc, _core.output_block): a call
+    reuses the memory of outputs freed before it, never of outputs (or views of them) still
+    alive, and forward and backward results are the same as with fresh memory."""
+    import speedattn as sa
+    from speedattn import _core
+
+    if kind == "torch":
+        torch = pytest.importorskip("torch")
+        conv, ptr, copy = torch.from_numpy, (lambda t: t.data_ptr()), (lambda t: t.clone())
+    else:
+        conv, ptr, copy = (lambda a: a), (lambda a: a.__array_interface__["data"][0]), np.copy
+    D, N, S = 128, 4, 700  # out 1.4 MiB fp32, dq / dk / dv too
+    rng = np.random.default_rng(5)
+    q, k, v, dy = (conv(rng.standard_normal((1, N, S, D)).astype(np.float32)) for _ in range(4))
+    kw = dict(head_num=N, input_layout="BNSD", scale=1 / math.sqrt(D))
+
+    def fwd(x):
+        return sa.speed_fusion_attention(x, k, v, **kw)
+
+    first = fwd(q)
+    keep = copy(first[0])
+    view = first[0][:, 1:3]  # a view keeps the whole block alive
+    keep_view = copy(view)
+    tmp = fwd(q)
+    del first, tmp
+    before = _core.output_cached_bytes()
+    assert before >= 2 << 20  # at least tmp's output block (first's is held by the view)
+    second = fwd(dy)  # other inputs: other values in reused memory
+    assert _core.output_cached_bytes() == before - (2 << 20)  # its 2 MiB block came from the cache
+    assert ptr(second[0]) not in (ptr(keep), ptr(view))
+    np.testing.assert_array_equal(_np(view), _np(keep_view))
+    np.testing.assert_array_equal(_np(view), _np(keep)[:, 1:3])
+    del view
+    third = fwd(q)
+    np.testing.assert_array_equal(_np(third[0]), _np(keep))  # bit-identical to the first call
+    out, mx, sm, _, seed, offset, numels = third
+    grads = [sa.speed_fusion_attention_grad(q, k, v, dy, softmax_max=mx, softmax_sum=sm, attention_in=out,
+                                            seed=seed, offset=offset, numels=numels, **kw) for _ in range(2)]
+    assert len({ptr(g) for pair in grads for g in pair[:3]}) == 6  # both calls' grads alive: no sharing
+    for a, b in zip(grads[0][:3], grads[1][:3]):
+        np.testing.assert_array_equal(_np(a), _np(b))
+    assert _core.output_cached_bytes() <= 128 << 20
+
+
 @pytest.mark.skipif(not _large_enabled(), reason="needs >= 10 GiB available memory (SPEEDATTN_LARGE=1 forces)")
 def test_bsh_band_key_beyond_2_31_elements(sa):
     """BSH key/value (1, 2^24 + 64, 128) bf16 with a bottom-right band (sparse_mode 4,
