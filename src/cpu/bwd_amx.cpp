@@ -197,6 +197,23 @@ inline void transpose32x32_16(const uint16_t* src, int64_t lds, uint16_t* dst, i
   }
 }
 
+// The skeleton of the AMX Dsum policies (bwd_driver.h replace_dsum), per (b, head n): for each
+// block of 32 rows i0 .. i0 + rn, prod(i0, rn, c) computes c [32][32] = dY . O^T of those rows
+// with dP's passes; its diagonal replaces their Dsum.
+template <class Prod>
+inline void amx_diag_dsum(Shared& sh, int64_t b, int64_t n, Prod&& prod) {
+  const int64_t sq = sh.p.sq[size_t(b)];
+  if (sq == 0) return;
+  std::vector<float> c(32 * 32);
+  load_tile_config();
+  for (int64_t i0 = 0; i0 < sq; i0 += 32) {
+    const int rn = int(std::min<int64_t>(32, sq - i0));
+    prod(i0, rn, c.data());
+    for (int j = 0; j < rn; ++j) replace_dsum(sh, sh.ri(n, b, i0 + j), c[size_t(j * 33)]);
+  }
+  _tile_release();
+}
+
 // The Dsum policy of the bf16 / fp16 AMX kernels (bwd_driver.h replace_dsum): Dsum of the rows
 // of (b, head n) recomputed on the tiles as dY . O^T with exactly the passes and order of dP =
 // dY . V^T (amx_gemm: one bf16 pass; kF16: the hi / lo halves, 4 passes), 32 rows at a time (the
@@ -206,21 +223,16 @@ inline void transpose32x32_16(const uint16_t* src, int64_t lds, uint16_t* dst, i
 template <bool kF16>
 inline void amx_dsum(Shared& sh, int64_t b, int64_t n) {
   const Problem& p = sh.p;
-  const int64_t D = p.D, sq = p.sq[size_t(b)];
-  if (sq == 0) return;
-  const int64_t Dw = D / 2;  // dwords (bf16 pairs) per row
+  const int64_t D = p.D, Dw = D / 2;  // dwords (bf16 pairs) per row
   // O rows as VNNI B columns [D/2][32][2] (ob; kF16: lo halves in obl); kF16: the split rows
   std::vector<float> ob(size_t(Dw * 32)), obl(kF16 ? size_t(Dw * 32) : 0), zero(static_cast<size_t>(Dw));
   std::vector<uint16_t> hs(kF16 ? size_t(32 * D) : 0), ls(kF16 ? size_t(32 * D) : 0);
-  std::vector<float> c(32 * 32);
   const uint16_t* out = static_cast<const uint16_t*>(p.out.data);
   const int64_t o = n * sh.Tqp * D;
-  load_tile_config();
-  for (int64_t i0 = 0; i0 < sq; i0 += 32) {
-    const int64_t rn = std::min<int64_t>(32, sq - i0);
+  amx_diag_dsum(sh, b, n, [&](int64_t i0, int rn, float* c) {
     const float* rh[32];
     const float* rl[32];
-    for (int64_t j = 0; j < 32; ++j) {
+    for (int j = 0; j < 32; ++j) {
       rh[j] = rl[j] = zero.data();
       if (j >= rn) continue;
       const uint16_t* orow = out + op_off(p, p.out, false, b, n, i0 + j);
@@ -243,11 +255,9 @@ inline void amx_dsum(Shared& sh, int64_t b, int64_t n) {
         }
       }
     const int64_t row = sh.qpbase[size_t(b)] + i0;
-    amx_gemm(32, 32, int(D), sh.dyc + o + row * D, D * 2, ob.data(), 32 * 4, c.data(), 32 * 4, false,
+    amx_gemm(32, 32, int(D), sh.dyc + o + row * D, D * 2, ob.data(), 32 * 4, c, 32 * 4, false,
              kF16 ? sh.dycl + o + row * D : nullptr, kF16 ? obl.data() : nullptr, kF16);
-    for (int64_t j = 0; j < rn; ++j) replace_dsum(sh, sh.ri(n, b, i0 + j), c[size_t(j * 33)]);
-  }
-  _tile_release();
+  });
 }
 
 // Packs Qc / dYc / QT / dYT (see Shared) in parallel over (b, n); kF16: their hi halves
@@ -782,16 +792,12 @@ inline void amx_dsum_f32(Shared& sh) {
   const Problem& p = sh.p;
   const int64_t D = p.D, Dk = round_up(D, 32);
   parallel_for(p.B * p.N1, [&](int64_t task, int) {
-    const int64_t b = task / p.N1, n = task % p.N1, sq = p.sq[size_t(b)];
-    if (sq == 0) return;
+    const int64_t b = task / p.N1, n = task % p.N1;
     std::vector<uint16_t> a(size_t(3 * 32 * Dk));
     std::vector<uint32_t> o(size_t(3 * 16 * Dk));
-    std::vector<float> c(32 * 32);
     const float* dy = static_cast<const float*>(p.dy.data);
     const float* out = static_cast<const float*>(p.out.data);
-    load_tile_config();
-    for (int64_t i0 = 0; i0 < sq; i0 += 32) {
-      const int64_t rn = std::min<int64_t>(32, sq - i0);
+    amx_diag_dsum(sh, b, n, [&](int64_t i0, int rn, float* c) {
       const float* dr[32];
       const float* orow[32];
       for (int j = 0; j < 32; ++j) {
@@ -801,10 +807,8 @@ inline void amx_dsum_f32(Shared& sh) {
       split_rows_a(dr, 32, D, Dk, a.data(), Dk, 32 * Dk);
       pack_rows_b(orow, D, Dk, o.data(), 16 * Dk);
       pack_rows_b(orow + 16, D, Dk, o.data() + 8 * Dk, 16 * Dk);
-      amx_gemm_parts(32, 32, int(Dk), a.data(), Dk, 32 * Dk, o.data(), 16 * Dk, c.data(), 32);
-      for (int64_t j = 0; j < rn; ++j) replace_dsum(sh, sh.ri(n, b, i0 + j), c[size_t(j * 33)]);
-    }
-    _tile_release();
+      amx_gemm_parts(32, 32, int(Dk), a.data(), Dk, 32 * Dk, o.data(), 16 * Dk, c, 32);
+    });
   });
 }
 
