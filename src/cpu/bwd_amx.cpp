@@ -142,43 +142,6 @@ inline void split_fp16(const uint16_t* src, uint16_t* hi, uint16_t* lo, int64_t 
   }
 }
 
-// kF16: Dsum of the rows of (b, head n) recomputed on the tiles as dY . O^T with exactly the
-// passes and order of dP = dY . V^T (amx_gemm, 4 passes), replacing the fp32 sum of
-// precompute where that is finite (else the row goes to the fp32 path anyway). dS = P (dP -
-// Dsum) cancels: where O = V_j (one key takes the whole row, e.g. S2 = 1) the two must agree
-// bit for bit, and the fp32 sum rounded differently from the AMX accumulation (dK = 1.4e-6
-// against the exact 0, tolerance 1e-6: test_backward_kernels shape_1x1_fp16).
-inline void amx_dsum(Shared& sh, int64_t b, int64_t n) {
-  const Problem& p = sh.p;
-  const int64_t D = p.D, sq = p.sq[size_t(b)];
-  if (sq == 0) return;
-  std::vector<uint16_t> oh(size_t(D * 32)), ol(size_t(D * 32)), th(static_cast<size_t>(D)), tl(static_cast<size_t>(D));
-  std::vector<float> c(32 * 32);
-  const uint16_t* out = static_cast<const uint16_t*>(p.out.data);
-  const int64_t o = n * sh.Tqp * D;
-  load_tile_config();
-  for (int64_t i0 = 0; i0 < sq; i0 += 32) {
-    const int64_t rn = std::min<int64_t>(32, sq - i0);
-    std::fill(oh.begin(), oh.end(), uint16_t(0));
-    std::fill(ol.begin(), ol.end(), uint16_t(0));
-    for (int64_t j = 0; j < rn; ++j) {  // O rows as VNNI B columns [D/2][32][2]
-      split_fp16(out + op_off(p, p.out, false, b, n, i0 + j), th.data(), tl.data(), D);
-      for (int64_t d = 0; d < D; ++d) {
-        oh[size_t(((d / 2) * 32 + j) * 2 + (d & 1))] = th[size_t(d)];
-        ol[size_t(((d / 2) * 32 + j) * 2 + (d & 1))] = tl[size_t(d)];
-      }
-    }
-    const int64_t row = sh.qpbase[size_t(b)] + i0;
-    amx_gemm(32, 32, int(D), sh.dyc + o + row * D, D * 2, oh.data(), 32 * 4, c.data(), 32 * 4, false,
-             sh.dycl + o + row * D, ol.data(), true);
-    for (int64_t j = 0; j < rn; ++j) {
-      float& ds = sh.dsum[sh.ri(n, b, i0 + j)];
-      if (std::isfinite(ds)) ds = c[size_t(j * 33)];
-    }
-  }
-  _tile_release();
-}
-
 // 16 x 16 transpose of 32-bit elements: dst[c * ldd + r] = src[r][c] for rows src[0..15]
 // (pure data movement: the bits of any 32-bit payload, bf16 pairs included, are preserved).
 inline void transpose16x16(const float* const src[16], float* dst, int64_t ldd) {
@@ -234,6 +197,69 @@ inline void transpose32x32_16(const uint16_t* src, int64_t lds, uint16_t* dst, i
   }
 }
 
+// The skeleton of the AMX Dsum policies (bwd_driver.h replace_dsum), per (b, head n): for each
+// block of 32 rows i0 .. i0 + rn, prod(i0, rn, c) computes c [32][32] = dY . O^T of those rows
+// with dP's passes; its diagonal replaces their Dsum.
+template <class Prod>
+inline void amx_diag_dsum(Shared& sh, int64_t b, int64_t n, Prod&& prod) {
+  const int64_t sq = sh.p.sq[size_t(b)];
+  if (sq == 0) return;
+  std::vector<float> c(32 * 32);
+  load_tile_config();
+  for (int64_t i0 = 0; i0 < sq; i0 += 32) {
+    const int rn = int(std::min<int64_t>(32, sq - i0));
+    prod(i0, rn, c.data());
+    for (int j = 0; j < rn; ++j) replace_dsum(sh, sh.ri(n, b, i0 + j), c[size_t(j * 33)]);
+  }
+  _tile_release();
+}
+
+// The Dsum policy of the bf16 / fp16 AMX kernels (bwd_driver.h replace_dsum): Dsum of the rows
+// of (b, head n) recomputed on the tiles as dY . O^T with exactly the passes and order of dP =
+// dY . V^T (amx_gemm: one bf16 pass; kF16: the hi / lo halves, 4 passes), 32 rows at a time (the
+// diagonal of a 32 x 32 product). Needs the packed dY rows (amx_prepare). The fp32 sum of
+// precompute rounds differently from the AMX accumulation (kF16: dK = 1.4e-6 against the exact
+// 0, tolerance 1e-6: test_backward_kernels shape_1x1_fp16).
+template <bool kF16>
+inline void amx_dsum(Shared& sh, int64_t b, int64_t n) {
+  const Problem& p = sh.p;
+  const int64_t D = p.D, Dw = D / 2;  // dwords (bf16 pairs) per row
+  // O rows as VNNI B columns [D/2][32][2] (ob; kF16: lo halves in obl); kF16: the split rows
+  std::vector<float> ob(size_t(Dw * 32)), obl(kF16 ? size_t(Dw * 32) : 0), zero(static_cast<size_t>(Dw));
+  std::vector<uint16_t> hs(kF16 ? size_t(32 * D) : 0), ls(kF16 ? size_t(32 * D) : 0);
+  const uint16_t* out = static_cast<const uint16_t*>(p.out.data);
+  const int64_t o = n * sh.Tqp * D;
+  amx_diag_dsum(sh, b, n, [&](int64_t i0, int rn, float* c) {
+    const float* rh[32];
+    const float* rl[32];
+    for (int j = 0; j < 32; ++j) {
+      rh[j] = rl[j] = zero.data();
+      if (j >= rn) continue;
+      const uint16_t* orow = out + op_off(p, p.out, false, b, n, i0 + j);
+      if constexpr (kF16) {
+        split_fp16(orow, hs.data() + j * D, ls.data() + j * D, D);
+        rh[j] = reinterpret_cast<const float*>(hs.data() + j * D);
+        rl[j] = reinterpret_cast<const float*>(ls.data() + j * D);
+      } else {
+        rh[j] = reinterpret_cast<const float*>(orow);
+      }
+    }
+    for (int64_t m = 0; m < Dw; m += 16)
+      for (int jb = 0; jb < 32; jb += 16) {
+        const float* src[16];
+        for (int t = 0; t < 16; ++t) src[t] = rh[jb + t] + m;
+        transpose16x16(src, ob.data() + m * 32 + jb, 32);
+        if constexpr (kF16) {
+          for (int t = 0; t < 16; ++t) src[t] = rl[jb + t] + m;
+          transpose16x16(src, obl.data() + m * 32 + jb, 32);
+        }
+      }
+    const int64_t row = sh.qpbase[size_t(b)] + i0;
+    amx_gemm(32, 32, int(D), sh.dyc + o + row * D, D * 2, ob.data(), 32 * 4, c, 32 * 4, false,
+             kF16 ? sh.dycl + o + row * D : nullptr, kF16 ? obl.data() : nullptr, kF16);
+  });
+}
+
 // Packs Qc / dYc / QT / dYT (see Shared) in parallel over (b, n); kF16: their hi halves
 // there and the lo halves in Qcl / dYcl / QTl / dYTl.
 template <bool kF16>
@@ -286,7 +312,7 @@ inline void amx_prepare(Shared& sh) {
       for (int64_t r = r0; r < pe; r += 32)
         for (int64_t d = 0; d < D; d += 32) transpose32x32_16(rows + o + r * D + d, D, cols + o + d * sh.Tqp + r, sh.Tqp);
     }
-    if constexpr (kF16) amx_dsum(sh, b, hn);
+    amx_dsum<kF16>(sh, b, hn);
   });
 }
 
@@ -374,7 +400,8 @@ struct AmxWorker : Worker<AmxBase> {
   // Fast path (no pse, no dropout, every row of the tile keeps every key): the element
   // semantics and the hi + lo split in one pass, straight from the S / dP tiles:
   //   P = 2^(qk * scale * log2e + nb2[row])  (degree-5 exp2, rel. err 1.6e-7)
-  //   scale * dS = P * (dP * scale - Dsum * scale)
+  //   scale * dS = scale * (P * (dP - Dsum))  (grad_row's order: dP - Dsum is exactly 0 where
+  //   Dsum is dP's own evaluation and O = V_j; dP * scale - (Dsum * scale rounded) is not)
   //   hi = x rounded to bf16 in the integer domain ((bits + 0x8000) & ~0xffff: round half away,
   //   |x - hi| <= half a bf16 ulp), lo = bf16(x - hi) (the difference is exact in fp32).
   // A row pair's hi halves interleave into VNNI dwords without a permute: (hi1 | hi0 >> 16).
@@ -416,12 +443,12 @@ struct AmxWorker : Worker<AmxBase> {
       if (v0) {
         const size_t ri = sh.ri(n, b, ib + r);
         nb0 = sh.nb2[ri];
-        ds0 = sh.dsum[ri] * scale;
+        ds0 = sh.dsum[ri];
       }
       if (v1) {
         const size_t ri = sh.ri(n, b, ib + r + 1);
         nb1 = sh.nb2[ri];
-        ds1 = sh.dsum[ri] * scale;
+        ds1 = sh.dsum[ri];
       }
       const __m512 vnb0 = _mm512_set1_ps(nb0), vnb1 = _mm512_set1_ps(nb1);
       const __m512 vds0 = _mm512_set1_ps(ds0), vds1 = _mm512_set1_ps(ds1);
@@ -434,8 +461,10 @@ struct AmxWorker : Worker<AmxBase> {
         __mmask16 m0 = v0 ? m : 0, m1 = v1 ? m : 0;  // narrowed by exp2v to P != 0
         const __m512 p0 = exp2v(_mm512_fmadd_ps(_mm512_loadu_ps(s0 + j), c1, vnb0), m0);
         const __m512 p1 = exp2v(_mm512_fmadd_ps(_mm512_loadu_ps(s0 + kSub + j), c1, vnb1), m1);
-        const __m512 q0 = _mm512_maskz_mul_ps(m0, p0, _mm512_fmsub_ps(_mm512_loadu_ps(d0 + j), vscale, vds0));
-        const __m512 q1 = _mm512_maskz_mul_ps(m1, p1, _mm512_fmsub_ps(_mm512_loadu_ps(d0 + kSub + j), vscale, vds1));
+        const __m512 q0 =
+            _mm512_mul_ps(vscale, _mm512_maskz_mul_ps(m0, p0, _mm512_sub_ps(_mm512_loadu_ps(d0 + j), vds0)));
+        const __m512 q1 =
+            _mm512_mul_ps(vscale, _mm512_maskz_mul_ps(m1, p1, _mm512_sub_ps(_mm512_loadu_ps(d0 + kSub + j), vds1)));
         const __m512i hp0 = hi_of(p0), hp1 = hi_of(p1), hq0 = hi_of(q0), hq1 = hi_of(q1);
         const __m512 lp0 = _mm512_sub_ps(p0, _mm512_castsi512_ps(hp0));
         const __m512 lp1 = _mm512_sub_ps(p1, _mm512_castsi512_ps(hp1));
@@ -756,25 +785,19 @@ inline void amx_gemm_parts(int M, int N, int K, const uint16_t* A, int64_t lda, 
     }
 }
 
-// Dsum of every row recomputed on the tiles as dY . O^T with exactly the passes and order of
-// dP = dY . V^T (amx_gemm_parts on parts split the same way), replacing the fp32 sum of
-// precompute where that is finite (else the row goes to the FMA path anyway). dS = P (dP -
-// Dsum) cancels: where O = V_j (one key takes the whole row) the two must agree bit for bit, as
-// amx_dsum for float16 (test_backward_kernels one_key_8x1_fp32).
+// The Dsum policy of bwd_amx_fp32 (bwd_driver.h replace_dsum): Dsum of every row recomputed on
+// the tiles as dY . O^T with exactly the passes and order of dP = dY . V^T (amx_gemm_parts on
+// parts split the same way).
 inline void amx_dsum_f32(Shared& sh) {
   const Problem& p = sh.p;
   const int64_t D = p.D, Dk = round_up(D, 32);
   parallel_for(p.B * p.N1, [&](int64_t task, int) {
-    const int64_t b = task / p.N1, n = task % p.N1, sq = p.sq[size_t(b)];
-    if (sq == 0) return;
+    const int64_t b = task / p.N1, n = task % p.N1;
     std::vector<uint16_t> a(size_t(3 * 32 * Dk));
     std::vector<uint32_t> o(size_t(3 * 16 * Dk));
-    std::vector<float> c(32 * 32);
     const float* dy = static_cast<const float*>(p.dy.data);
     const float* out = static_cast<const float*>(p.out.data);
-    load_tile_config();
-    for (int64_t i0 = 0; i0 < sq; i0 += 32) {
-      const int64_t rn = std::min<int64_t>(32, sq - i0);
+    amx_diag_dsum(sh, b, n, [&](int64_t i0, int rn, float* c) {
       const float* dr[32];
       const float* orow[32];
       for (int j = 0; j < 32; ++j) {
@@ -784,13 +807,8 @@ inline void amx_dsum_f32(Shared& sh) {
       split_rows_a(dr, 32, D, Dk, a.data(), Dk, 32 * Dk);
       pack_rows_b(orow, D, Dk, o.data(), 16 * Dk);
       pack_rows_b(orow + 16, D, Dk, o.data() + 8 * Dk, 16 * Dk);
-      amx_gemm_parts(32, 32, int(Dk), a.data(), Dk, 32 * Dk, o.data(), 16 * Dk, c.data(), 32);
-      for (int64_t j = 0; j < rn; ++j) {
-        float& ds = sh.dsum[sh.ri(n, b, i0 + j)];
-        if (std::isfinite(ds)) ds = c[size_t(j * 33)];
-      }
-    }
-    _tile_release();
+      amx_gemm_parts(32, 32, int(Dk), a.data(), Dk, 32 * Dk, o.data(), 16 * Dk, c, 32);
+    });
   });
 }
 

@@ -21,7 +21,7 @@ namespace cpu {
 void bwd_avx512(const Problem& p) {
   using E = SA_NS::BwdEngineAvx512<64, 128>;
   using W = SA_NS::bwd::WorkerSuper<E, 4, SA_NS::bwd::FmaProducts<E>>;
-  SA_NS::bwd::backward_with<W>(p, W::kSup, [](SA_NS::bwd::Shared&) {});
+  SA_NS::bwd::backward_with<W>(p, W::kSup, SA_NS::bwd::gemm_dsum<E>);
 }
 }  // namespace cpu
 }  // namespace speedattn

@@ -352,7 +352,22 @@ inline bool nonfinite_row(const float* x, int64_t D) {
   return bad != 0;
 }
 
-// Pass 1 (parallel over (b, n)): row statistics, Dsum, uniform rows, zeroed dQ partials.
+// sum_d dy[d] o[d] in 16 independent lanes (vectorised; no D-long dependency chain). Only
+// whether it is finite matters (and its value where it is not): every kernel's prepare step
+// replaces the finite ones with its dP's own evaluation (replace_dsum).
+inline float plain_dsum(const float* dy, const float* o, int64_t D) {
+  float lane[16] = {};
+  int64_t d = 0;
+  for (; d + 16 <= D; d += 16)
+    for (int t = 0; t < 16; ++t) lane[t] += dy[d + t] * o[d + t];
+  float s = 0.f;
+  for (; d < D; ++d) s += dy[d] * o[d];
+  for (int t = 0; t < 16; ++t) s += lane[t];
+  return s;
+}
+
+// Pass 1 (parallel over (b, n)): row statistics, Dsum (plain_dsum), uniform rows, zeroed dQ
+// partials.
 inline void precompute(Shared& sh) {
   const Problem& p = sh.p;
   const int64_t D = p.D;
@@ -376,8 +391,7 @@ inline void precompute(Shared& sh) {
       const float m = p.smax_in[srow], s = p.ssum_in[srow];
       load_row_f32(p.dy.data, p.dtype, op_off(p, p.dy, false, b, n, i), dy.data(), D);
       load_row_f32(p.out.data, p.dtype, op_off(p, p.out, false, b, n, i), o.data(), D);
-      float ds = 0.f;
-      for (int64_t d = 0; d < D; ++d) ds += dy[size_t(d)] * o[size_t(d)];
+      const float ds = plain_dsum(dy.data(), o.data(), D);
       const size_t r = sh.ri(n, b, i);
       load_row_f32(p.q.data, p.dtype, op_off(p, p.q, false, b, n, i), qk.data(), D);
       sh.qbad[r] = uint8_t((nonfinite_row(qk.data(), D) ? 1 : 0) | (std::isfinite(ds) ? 0 : 2));
@@ -396,6 +410,43 @@ inline void precompute(Shared& sh) {
       for (int64_t c = 0; c < sh.plan.C; ++c) std::memset(sh.dq_row(c, n, b, i), 0, size_t(D) * 4);
     }
     sh.ucount[size_t(task)] = uc;
+  });
+}
+
+// Dsum of row ri as the kernel's dP = dY V^T evaluates it (v: dy . o with dP's passes, products
+// and summation order), replacing the plain sum of precompute where that is finite (a non-finite
+// one sends its row to the fp32 path); a v that overflows flags the row the same way. dS = P (dP -
+// Dsum) cancels: where O = V_j (a row keeping a single key: S2 = 1, a band of width 0, dense
+// masks) the exact dS is 0, and it comes out exactly 0 only if dP and Dsum agree to the bit
+// (finding N1, docs/reliability.md).
+inline void replace_dsum(Shared& sh, size_t ri, float v) {
+  float& ds = sh.dsum[ri];
+  if (!std::isfinite(ds)) return;
+  ds = v;
+  if (!std::isfinite(v)) sh.qbad[ri] |= 2;
+}
+
+// The Dsum policy of the fp32-compute kernels (prepare step, parallel over (b, n)): Dsum with
+// E::gemm, which computes dP. 16 rows per call, C = dY O^T [16][16] and its diagonal: each
+// element is the same chain over d (FMA or multiply + add, in order from 0) as an element of dP.
+// O(16 S1 D) per head against the O(S1 S2 D) of each of the five products.
+template <class E>
+void gemm_dsum(Shared& sh) {
+  const Problem& p = sh.p;
+  const int64_t D = p.D;
+  parallel_for(p.B * p.N1, [&](int64_t task, int) {
+    const int64_t b = task / p.N1, n = task % p.N1, sq = p.sq[size_t(b)];
+    std::vector<float> dy(size_t(16 * D)), ot(size_t(16 * D)), o(static_cast<size_t>(D)), c(16 * 16);
+    for (int64_t i0 = 0; i0 < sq; i0 += 16) {
+      const int nr = int(std::min<int64_t>(16, sq - i0));
+      for (int r = 0; r < nr; ++r) {  // dY rows [nr][D], O^T [D][16]
+        load_row_f32(p.dy.data, p.dtype, op_off(p, p.dy, false, b, n, i0 + r), dy.data() + r * D, D);
+        load_row_f32(p.out.data, p.dtype, op_off(p, p.out, false, b, n, i0 + r), o.data(), D);
+        for (int64_t d = 0; d < D; ++d) ot[size_t(d * 16 + r)] = o[size_t(d)];
+      }
+      E::gemm(nr, 16, int(D), dy.data(), D, 1, ot.data(), 16, c.data(), 16, false);
+      for (int r = 0; r < nr; ++r) replace_dsum(sh, sh.ri(n, b, i0 + r), c[size_t(r * 17)]);
+    }
   });
 }
 
@@ -761,7 +812,8 @@ struct Worker {
 };
 
 // The whole backward with worker type W (W(p, Shared&), W::run_task(BTask))
-// over kv blocks of Bk keys; `prepare(sh)` runs after the statistics pass (e.g. packing).
+// over kv blocks of Bk keys; `prepare(sh)` runs after the statistics pass: packing, and the
+// kernel's Dsum policy (replace_dsum), which every kernel must have.
 template <class W, class Prepare>
 void backward_with(const Problem& p, int64_t Bk, Prepare&& prepare) {
   void* dq = const_cast<void*>(p.dq.data);
@@ -844,7 +896,7 @@ void backward_with(const Problem& p, int64_t Bk, Prepare&& prepare) {
 // The whole backward with the fp32 engine E.
 template <class E>
 void backward(const Problem& p) {
-  backward_with<Worker<E>>(p, E::kBk, [](Shared&) {});
+  backward_with<Worker<E>>(p, E::kBk, gemm_dsum<E>);
 }
 
 }  // namespace bwd

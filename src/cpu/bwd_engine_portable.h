@@ -8,6 +8,17 @@ template <int kBq_, int kBk_>
 struct BwdEnginePortable {
   static constexpr int kBq = kBq_, kBk = kBk_;
 
+  // c + a * b: one FMA where the target has a fast one (the AVX2 build), else a multiply and an
+  // add. Explicit, so every call site rounds alike whether the compiler inlines, vectorises or
+  // contracts it or not: bwd::gemm_dsum's Dsum must equal an element of dP = dY V^T to the bit.
+  static inline float madd(float a, float b, float c) {
+#if defined(__FP_FAST_FMAF) || defined(__FMA__)
+    return __builtin_fmaf(a, b, c);
+#else
+    return c + a * b;
+#endif
+  }
+
   // C[m][n] (+)= sum_k A[m*a_sm + k*a_sk] * B[k*ldb + n], m < M, n < N, k < K.
   static void gemm(int M, int N, int K, const float* A, int64_t a_sm, int64_t a_sk, const float* B, int64_t ldb,
                    float* C, int64_t ldc, bool acc) {
@@ -24,7 +35,7 @@ struct BwdEnginePortable {
           float av[RB];
           for (int rr = 0; rr < RB; ++rr) av[rr] = rr < mb ? A[(m0 + rr) * a_sm + k * a_sk] : 0.f;
           for (int rr = 0; rr < RB; ++rr)
-            for (int t = 0; t < 16; ++t) c[rr][t] += av[rr] * b[t];
+            for (int t = 0; t < 16; ++t) c[rr][t] = madd(av[rr], b[t], c[rr][t]);
         }
         for (int rr = 0; rr < mb; ++rr)
           for (int t = 0; t < 16; ++t) C[(m0 + rr) * ldc + n0 + t] = c[rr][t];
@@ -34,7 +45,7 @@ struct BwdEnginePortable {
       for (int m = 0; m < M; ++m)
         for (int n = n0; n < N; ++n) {
           float c = acc ? C[m * ldc + n] : 0.f;
-          for (int k = 0; k < K; ++k) c += A[m * a_sm + k * a_sk] * B[k * ldb + n];
+          for (int k = 0; k < K; ++k) c = madd(A[m * a_sm + k * a_sk], B[k * ldb + n], c);
           C[m * ldc + n] = c;
         }
     }

@@ -48,6 +48,7 @@ struct Case {
   double scale = 0.0;  // 0: 1/sqrt(D)
   char poke = 0;       // 'q' / 'k' / 'v' / 'y' (dy): one element set to poke_val (BNSD: head N1-1 / N2-1, row S/2, d 3)
   float poke_val = 0.f;
+  bool one_key = false;  // every row keeps exactly one key: dq, dk and dpse must be exactly 0
 };
 
 void PrintTo(const Case& c, std::ostream* os) { *os << c.name; }
@@ -129,6 +130,17 @@ void expect_close(const std::vector<float>& got, const std::vector<float>& ref, 
   }
   EXPECT_LE(worst, tol) << what << ": max err " << worst << " > tol " << tol << " at " << at << " (got " << got[at]
                         << ", ref " << ref[at] << ", amax " << amax << ")";
+}
+
+// One key per row (P = 1, attention_in = V_j): the exact dS is 0, so dS = P (dP - Dsum) must
+// cancel to the bit (Dsum evaluated exactly as the kernel's dP) and the gradient be exactly 0.
+void expect_zero(const std::vector<unsigned char>& got, DType dt, const std::string& what) {
+  const std::vector<float> g = to_f32(dt, got.data(), got.size() / esize(dt));
+  size_t nz = 0, at = 0;
+  for (size_t i = 0; i < g.size(); ++i)
+    if (g[i] != 0.f && nz++ == 0) at = i;
+  EXPECT_EQ(nz, 0u) << what << ": " << nz << " of " << g.size() << " not exactly 0, first at " << at << " ("
+                    << (g.empty() ? 0.f : g[at]) << ")";
 }
 
 struct Built {
@@ -321,6 +333,11 @@ void check_case(const Case& c) {
         cmp(got.dk, ref.dk, c.dt, "dk");
         cmp(got.dv, ref.dv, c.dt, "dv");
         if (c.pse != PseForm::none) cmp(got.dpse, ref.dpse, pse_dt, "dpse");
+        if (c.one_key) {
+          expect_zero(got.dq, c.dt, "dq");
+          expect_zero(got.dk, c.dt, "dk");
+          if (c.pse != PseForm::none) expect_zero(got.dpse, pse_dt, "dpse");
+        }
         first = std::move(got);
       } else {
         EXPECT_TRUE(got.dq == first.dq) << "dq differs with " << threads << " threads";
@@ -361,11 +378,34 @@ std::vector<Case> cases() {
     c.S1 = s[0], c.S2 = s[1], c.D = s[2];
     add(c);
   }
-  // one key per row: O = V_0 for every row, so the exact dS (and dQ, dK) is 0 and the computed
-  // dS = P (dP - Dsum) cancels only if dP and Dsum agree to the last bit or nearly
+  // one key per row: O = V_0 for every row, so the exact dS (and dQ, dK, dpse) is 0, and the
+  // computed dS = P (dP - Dsum) is exactly 0 only if each kernel evaluates Dsum as its dP (finding
+  // N1): S2 = 1 at D 128 (AMX tiles) and D 40 (zero-padded / non-AMX paths), GQA with a pse tensor
+  // (dpse), and a band of width 0 (row i keeps key i only) across q / kv tiles and with ALiBi slopes
   c = Case();
   c.name = "one_key_8x1";
-  c.S1 = 8, c.S2 = 1, c.D = 128;
+  c.S1 = 8, c.S2 = 1, c.D = 128, c.one_key = true;
+  add(c);
+  for (int64_t D : {128, 40}) {
+    c = Case();
+    c.name = "one_key_33x1_D" + std::to_string(D);
+    c.S1 = 33, c.S2 = 1, c.D = D, c.one_key = true;
+    add(c);
+  }
+  c = Case();
+  c.name = "one_key_gqa_pse";
+  c.B = 2, c.N1 = 4, c.N2 = 2, c.S1 = 33, c.S2 = 1, c.D = 64, c.one_key = true;
+  c.pse = PseForm::full, c.pse_type = 1;
+  add(c);
+  c = Case();
+  c.name = "one_key_band0_300_D128";
+  c.S1 = c.S2 = 300, c.D = 128, c.mode = 4, c.mask = MaskKind::template2048, c.pre = 0, c.next = 0;
+  c.one_key = true;
+  add(c);
+  c = Case();
+  c.name = "one_key_band0_33_D40_slopes";
+  c.N1 = 2, c.S1 = c.S2 = 33, c.D = 40, c.mode = 4, c.mask = MaskKind::template2048, c.pre = 0, c.next = 0;
+  c.pse = PseForm::slopes_n, c.pse_type = 2, c.one_key = true;
   add(c);
   // AMX (D % 32 == 0) tails: kv superblock 512 (tile-1, tile, tile+1, 2*tile+17) and key
   // tiles of 128 inside it; q tiles of 128 (1, 127, 128, 129, 300 rows).

@@ -160,11 +160,15 @@ EPS32 = 2.0**-24
 
 def _cancellation_floors(spec, built, dy, out):
     """Absolute error floors for the gradients that come from cancellation in
-    dS = P * (dP - Dsum): when a row keeps a single key (S2 = 1, narrow bands, dense masks),
-    P = 1 and dP - Dsum is pure rounding noise of size ~ eps32 * D * |dy| * (|v| + |out|), which
-    no float32 evaluation reproduces; the SPEC section 11 tolerance is relative to the gradient's
-    own (then ~0) magnitude. dq / dpse get that noise times |scale| |k| (|scale| or 1 for dpse);
-    dk sums it over up to S1 rows (sqrt(S1), the noise being uncorrelated). dv has no such term."""
+    dS = P * (dP - Dsum) on rows whose P is (nearly) 1 on a single key (S2 = 1, narrow bands,
+    dense masks): the exact dS is then tiny and the float32 error of dP - Dsum, ~ eps32 * D *
+    |dy| * (|v| + |out|), is not; the SPEC section 11 tolerance is relative to the gradient's own
+    (then ~0) magnitude. Where attention_in is exactly V_j every kernel now gives dS = 0 to the
+    bit (its Dsum is evaluated as its dP: docs/reliability.md N1, C++ one_key_* tests), but the
+    floor stays: the float32 fast forward's P(0) = 0.99999994 leaves attention_in an ulp off V_j
+    (exact dS ~ 1e-7 |dy| |v|), and rows with P near 1 over several keys cancel the same way.
+    dq / dpse get that noise times |scale| |k| (|scale| or 1 for dpse); dk sums it over up to S1
+    rows (sqrt(S1), the noise being uncorrelated). dv has no such term."""
     amax = lambda x: float(np.max(np.abs(twin.to64(x)))) if np.size(twin.to64(x)) else 0.0  # noqa: E731
     S1 = max(a for a, _ in spec.seqs) if spec.layout == "TND" else spec.S1
     noise = 8 * EPS32 * spec.D * amax(dy) * (amax(built.v) + amax(out)) / spec.keep_prob
