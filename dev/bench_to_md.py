@@ -58,6 +58,11 @@ def main(paths):
                 if direction in r:
                     print(_row(r, direction, dram))
         print()
+        for c in d.get("causal_pairs", []):
+            if "error" not in c:
+                print(f"Causal / non-causal time, paired ({c['pairs']} alternations): {c['label']} {c['dtype']} "
+                      f"**{c['median_pair_ratio']:.3f}** (pairs {c['min']:.3f}–{c['max']:.3f}).  ")
+        print()
 
 
 if __name__ == "__main__":

@@ -424,7 +424,7 @@ def _time_pair(fns: dict[str, Callable[[], object]], budget_s: float, min_reps: 
     if reps == 0:
         times = {n: [first[n]] for n in names}
     return {n: {"median_s": statistics.median(times[n]), "min_s": min(times[n]), "reps": reps,
-                "mem_bytes": mem[n]} for n in names}
+                "mem_bytes": mem[n], "times_s": times[n]} for n in names}
 
 
 def _bench_case(sa, torch, F, case: Case, dtype: str, backward: bool, budget_s: float, min_reps: int) -> dict:
@@ -459,6 +459,33 @@ def _bench_case(sa, torch, F, case: Case, dtype: str, backward: bool, budget_s: 
     except Exception as e:  # noqa: BLE001 - a missing/unfinished backward is reported, not fatal
         res["backward_error"] = f"{type(e).__name__}: {e}"
     return res
+
+
+def _causal_pairs(sa, torch, cases: Sequence[Case], dtype: str, budget_s: float, min_reps: int) -> list[dict]:
+    """speedattn's causal / non-causal time, measured paired: for every causal case (no ALiBi)
+    whose non-causal twin is in the set, both calls alternate (ABBA) on the same tensors and the
+    ratio is taken per pair (two rows of the table are timed minutes apart: their ratio carries
+    the host's drift, +-0.03 on a shared machine)."""
+    labels = {c.label for c in cases}
+    out = []
+    for c in cases:
+        twin = dataclasses.replace(c, mask="none")
+        if c.mask != "causal" or c.alibi or twin.label not in labels:
+            continue
+        xc, xf = _Inputs(c, dtype, torch), _Inputs(twin, dtype, torch)
+        with torch.no_grad():
+            t = _time_pair({"causal": lambda: _sa_forward(sa, xc), "full": lambda: _sa_forward(sa, xf)},
+                           budget_s, max(min_reps, 5))
+        pairs = [a / b for a, b in zip(t["causal"]["times_s"], t["full"]["times_s"])]
+        out.append({"label": c.label, "dtype": dtype, "pairs": len(pairs),
+                    "median_pair_ratio": statistics.median(pairs), "min": min(pairs), "max": max(pairs),
+                    "ratio_of_medians": t["causal"]["median_s"] / t["full"]["median_s"]})
+    return out
+
+
+def _causal_line(c: dict) -> str:
+    return (f"causal / non-causal time, paired ({c['pairs']} alternations): {c['label']} {c['dtype']} "
+            f"{c['median_pair_ratio']:.3f} (pairs {c['min']:.3f}-{c['max']:.3f})")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -707,6 +734,7 @@ def run(shapes: str | Iterable[Case] = "default", dtypes: Sequence[str] | str | 
                         "backward": _kernel_name(sa, "backward", d) if backward else None} for d in dts},
         "peaks": None,
         "results": [],
+        "causal_pairs": [],
     }
     if peaks:
         report["peaks"] = measure_peaks(threads, reps=spec.get("peaks_reps", 5),
@@ -732,6 +760,15 @@ def run(shapes: str | Iterable[Case] = "default", dtypes: Sequence[str] | str | 
             for line in _table_rows(r):
                 print(line, file=out)
             out.flush()
+        try:
+            pairs = _causal_pairs(sa, torch, cases, dtype, budget, spec["min_reps"])
+        except Exception as e:  # noqa: BLE001 - a failing call is already reported in its case row
+            pairs = [{"dtype": dtype, "error": f"{type(e).__name__}: {e}"}]
+        report["causal_pairs"].extend(pairs)
+        for c in pairs:
+            if "error" not in c:
+                print(_causal_line(c), file=out)
+        out.flush()
     prog.close()
     report["failed_validations"] = failed
     if failed:

@@ -126,3 +126,24 @@ def test_python_dash_m():
     r = _run("bench", "--help")
     assert r.returncode == 0, r.stderr
     assert "--shapes" in r.stdout
+
+
+def test_bench_pairs_causal_with_its_non_causal_twin():
+    """bench.run on a custom set: the causal case whose non-causal twin is in the set is timed
+    paired with it (causal_pairs); a causal case without its twin, or with ALiBi, is not."""
+    pytest.importorskip("torch")
+    import io
+
+    from speedattn import bench
+
+    C = bench.Case
+    cases = [C(B=1, N1=2, N2=2, S1=96, S2=96, D=32), C(B=1, N1=2, N2=2, S1=96, S2=96, D=32, mask="causal"),
+             C(B=1, N1=2, N2=2, S1=64, S2=64, D=32, mask="causal"),  # no twin
+             C(B=1, N1=2, N2=2, S1=96, S2=96, D=32, mask="causal", alibi=True)]
+    out = io.StringIO()
+    rep = bench.run(cases, dtypes="bf16", threads=1, progress=False, budget_s=0.02, peaks=False, out=out)
+    assert rep["failed_validations"] == 0
+    (pair,) = rep["causal_pairs"]
+    assert pair["label"] == cases[1].label and pair["dtype"] == "bf16" and pair["pairs"] >= 5
+    assert pair["min"] <= pair["median_pair_ratio"] <= pair["max"] and 0 < pair["min"]
+    assert "causal / non-causal time, paired" in out.getvalue()
