@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import numbers
 import sys
+import threading
 import weakref
 
 import ml_dtypes
@@ -271,6 +272,7 @@ class _CheckedTemplates:
 
     def __init__(self):
         self._entries = {}  # id(mask) -> (weakref to mask, _state(mask))
+        self._lock = threading.Lock()  # calls run concurrently (the kernels release the GIL)
 
     @staticmethod
     def _state(m):
@@ -282,16 +284,19 @@ class _CheckedTemplates:
     def holds(self, mask, mode) -> bool:
         if not self._applies(mask, mode):
             return False
-        e = self._entries.get(id(mask))
+        with self._lock:
+            e = self._entries.get(id(mask))
         return e is not None and e[0]() is mask and e[1] == self._state(mask)
 
     def add(self, mask, mode) -> None:
         """Call after the core accepted ``mask`` for ``mode`` (its content was checked)."""
         if not self._applies(mask, mode):
             return
-        while len(self._entries) >= self._SIZE and id(mask) not in self._entries:
-            self._entries.pop(next(iter(self._entries)), None)
-        self._entries[id(mask)] = (weakref.ref(mask), self._state(mask))
+        entry = (weakref.ref(mask), self._state(mask))
+        with self._lock:
+            while len(self._entries) >= self._SIZE and id(mask) not in self._entries:
+                self._entries.pop(next(iter(self._entries)))
+            self._entries[id(mask)] = entry
 
 
 _checked_templates = _CheckedTemplates()

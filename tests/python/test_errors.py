@@ -374,3 +374,17 @@ def test_numpy_template_is_checked_every_call():
     mask[100, 5] = True  # numpy has no version counter: the next call re-reads the mask
     with pytest.raises(ValueError, match="atten_mask"):
         sa.speed_fusion_attention(q, k, v, N1, "BNSD", sparse_mode=3, atten_mask=mask)
+
+
+def test_checked_templates_remember_the_last_eight():
+    torch = pytest.importorskip("torch")
+    import speedattn as sa
+    from speedattn._api import _CheckedTemplates, _checked_templates
+
+    q, k, v = (torch.from_numpy(x) for x in _base()[:3])
+    masks = [torch.from_numpy(twin.causal_template()) for _ in range(_CheckedTemplates._SIZE + 1)]
+    for m in masks:
+        sa.speed_fusion_attention(q, k, v, N1, "BNSD", sparse_mode=2, atten_mask=m)
+    assert not _checked_templates.holds(masks[0], 2)  # the oldest was dropped
+    assert all(_checked_templates.holds(m, 2) for m in masks[1:])
+    assert not _checked_templates.holds(masks[1], 0)  # remembered for the template modes only
