@@ -294,7 +294,8 @@ class _CheckedTemplates:
             return
         entry = (weakref.ref(mask), self._state(mask))
         with self._lock:
-            while len(self._entries) >= self._SIZE and id(mask) not in self._entries:
+            self._entries.pop(id(mask), None)  # re-inserted last: the dict's order is the age
+            while len(self._entries) >= self._SIZE:
                 self._entries.pop(next(iter(self._entries)))
             self._entries[id(mask)] = entry
 
