@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <chrono>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -152,6 +153,24 @@ TEST(ThreadPool, ManySmallJobs) {
     total += c.load();
   }
   EXPECT_EQ(total, 60000);
+}
+
+// Jobs posted while the worker sleeps (after an idle pause longer than its spin): the caller
+// may run every task itself and excuse the worker; a worker that wakes late must neither run a
+// task twice nor miss the next job. Short and long jobs alternate (long ones: the worker joins).
+TEST(ThreadPool, JobsAfterIdlePausesRunEveryTaskOnce) {
+  ThreadsGuard guard;
+  set_num_threads(2);
+  for (int r = 0; r < 300; ++r) {
+    std::this_thread::sleep_for(std::chrono::microseconds(r % 3 == 0 ? 300 : 5));
+    const int64_t n = r % 2 ? 3 : 64;
+    std::vector<std::atomic<int>> count(static_cast<size_t>(n));
+    parallel_for(n, [&](int64_t t, int) {
+      if (n == 64) std::this_thread::sleep_for(std::chrono::microseconds(20));
+      count[size_t(t)].fetch_add(1);
+    });
+    for (int64_t t = 0; t < n; ++t) ASSERT_EQ(count[size_t(t)].load(), 1) << "round " << r << " task " << t;
+  }
 }
 
 }  // namespace
