@@ -141,7 +141,16 @@ def test_bench_pairs_causal_with_its_non_causal_twin():
              C(B=1, N1=2, N2=2, S1=64, S2=64, D=32, mask="causal"),  # no twin
              C(B=1, N1=2, N2=2, S1=96, S2=96, D=32, mask="causal", alibi=True)]
     out = io.StringIO()
-    rep = bench.run(cases, dtypes="bf16", threads=1, progress=False, budget_s=0.02, peaks=False, out=out)
+    import torch
+
+    import speedattn as sa
+
+    threads = (sa.get_num_threads(), torch.get_num_threads())
+    try:  # bench.run sets both libraries' thread counts
+        rep = bench.run(cases, dtypes="bf16", threads=1, progress=False, budget_s=0.02, peaks=False, out=out)
+    finally:
+        sa.set_num_threads(threads[0])
+        torch.set_num_threads(threads[1])
     assert rep["failed_validations"] == 0
     (pair,) = rep["causal_pairs"]
     assert pair["label"] == cases[1].label and pair["dtype"] == "bf16" and pair["pairs"] >= 5
