@@ -279,7 +279,7 @@ class _CheckedTemplates:
         return m._version, m.data_ptr(), tuple(m.shape), m.stride()
 
     def _applies(self, mask, mode) -> bool:
-        return mask is not None and mode in self._MODES and _is_torch_tensor(mask)
+        return mode in self._MODES and _is_torch_tensor(mask)
 
     def holds(self, mask, mode) -> bool:
         if not self._applies(mask, mode):

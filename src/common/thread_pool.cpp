@@ -101,9 +101,9 @@ struct Pool {
   int64_t n_tasks = 0;
   int participants = 0;  // thread indices [0, participants) work on the current job
   std::atomic<int> active{0};  // workers of the current job not yet finished (written under mu)
-  // Per thread index (under mu): the last job a worker joined, and the last job it was excused
-  // from (the caller had run every task before it woke; see parallel_for).
-  std::vector<uint64_t> joined, excused;
+  // Per thread index (under mu): the last job whose participation is settled, by the worker
+  // joining it or by the caller excusing it (every task ran before it woke; see parallel_for).
+  std::vector<uint64_t> settled;
   std::exception_ptr error;
   std::atomic<int64_t> next{0};
   std::atomic<bool> failed{false};
@@ -136,8 +136,8 @@ struct Pool {
       seen = generation.load(std::memory_order_relaxed);
       // A participant of a job cannot miss it: the job's caller waits for every participant
       // that joined, and excuses the others.
-      if (index >= participants || excused[size_t(index)] == seen) continue;
-      joined[size_t(index)] = seen;
+      if (index >= participants || settled[size_t(index)] == seen) continue;
+      settled[size_t(index)] = seen;
       const TaskFn* f = fn;
       const int64_t n = n_tasks;
       lk.unlock();
@@ -151,10 +151,7 @@ struct Pool {
   void ensure_workers(int count) {
     {
       std::lock_guard<std::mutex> lk(mu);
-      if (int(joined.size()) < count + 1) {
-        joined.resize(size_t(count + 1), 0);
-        excused.resize(size_t(count + 1), 0);
-      }
+      if (int(settled.size()) < count + 1) settled.resize(size_t(count + 1), 0);
     }
     while (int(workers.size()) < count) {
       const int index = int(workers.size()) + 1;
@@ -243,8 +240,8 @@ void parallel_for(int64_t n_tasks, const std::function<void(int64_t task, int th
     // instead of waiting for its wake-up (~50 us per job on a VM; a small call is ~100 us).
     const uint64_t g = P.generation.load(std::memory_order_relaxed);
     for (int w = 1; w < participants; ++w)
-      if (P.joined[size_t(w)] != g) {
-        P.excused[size_t(w)] = g;
+      if (P.settled[size_t(w)] != g) {
+        P.settled[size_t(w)] = g;
         P.active.fetch_sub(1);
       }
     P.done.wait(lk, [&] { return P.active.load() == 0; });
